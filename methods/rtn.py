@@ -1,0 +1,31 @@
+"""Plain sign binarization (round to nearest, 1 bit): W ~ sign(W) * mean(|W|) per output row."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from methods.base import MethodConfig, Quantizer
+from methods.modules import decoder_linears
+from methods.primitives import binary_sign, row_mean_abs
+
+
+@dataclass
+class SignRTNConfig(MethodConfig):
+    """No options: one float scale per output row, no calibration data."""
+
+
+class SignRTN(Quantizer):
+    name = "rtn"
+    config_cls = SignRTNConfig
+
+    @torch.no_grad()
+    def quantize(self, model: nn.Module, calibration=None) -> nn.Module:
+        # NOTE: the binarized weight is written back as dense floats; packed 1-bit storage
+        # of this method is not implemented yet.
+        for linear in decoder_linears(model).values():
+            weight = linear.weight
+            weight.copy_(binary_sign(weight) * row_mean_abs(weight))
+        return model
