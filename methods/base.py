@@ -73,6 +73,10 @@ class Quantizer:
         """Transform `model` in place and return it."""
         raise NotImplementedError
 
+    def storage_report(self, model: nn.Module):
+        """Return a `methods.storage.StorageReport` of the quantized `model` from the method's formula."""
+        raise NotImplementedError
+
     def trainable_parameters(self, model: nn.Module) -> list[nn.Parameter]:
         """Mark which parameters train during distillation and return them (QAT methods)."""
         raise NotImplementedError(f"{self.name} is not trained")

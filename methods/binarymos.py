@@ -23,6 +23,7 @@ from methods.base import ConfigError, MethodConfig, Quantizer, TrainingDefaults
 from methods.losses import hidden_mse_sum, logits_kl_batchmean
 from methods.modules import replace_decoder_linears
 from methods.primitives import ClippedSignSTE, rank1_svd_scales
+from methods.storage import FLOAT_BITS, report_for_layers
 
 
 @dataclass
@@ -106,6 +107,21 @@ class BinaryMoS(Quantizer):
         experts = self.config.num_experts
         replace_decoder_linears(model, lambda name, linear: BinaryMoSLinear.from_linear(linear, experts))
         return model
+
+    def storage_report(self, model: nn.Module):
+        def layer_bits(module):
+            if not isinstance(module, BinaryMoSLinear):
+                return None
+            rows, cols, experts = module.out_features, module.in_features, module.num_experts
+            return {
+                "weights": rows * cols,
+                "signs": rows * cols,
+                "scales": FLOAT_BITS * experts * (rows + cols),
+                "router": FLOAT_BITS * experts * cols,
+                "bias": FLOAT_BITS * rows if module.bias is not None else 0,
+            }
+
+        return report_for_layers(model, layer_bits)
 
     def trainable_parameters(self, model: nn.Module) -> list[nn.Parameter]:
         # Latent weights, scales and routers train; embeddings, norms and lm_head stay frozen.

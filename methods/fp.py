@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from methods.base import MethodConfig, Quantizer
+from methods.storage import StorageReport
 
 
 @dataclass
@@ -20,3 +21,7 @@ class FullPrecision(Quantizer):
 
     def quantize(self, model: nn.Module, calibration=None) -> nn.Module:
         return model
+
+    def storage_report(self, model: nn.Module):
+        first = next(model.parameters())
+        return StorageReport(kept_parameters=sum(p.numel() for p in model.parameters()), kept_bits=first.element_size() * 8)

@@ -22,6 +22,7 @@ from methods.base import ConfigError, MethodConfig, Quantizer, TrainingDefaults
 from methods.losses import logits_kl_batchmean, normalized_hidden_distance_sum
 from methods.modules import replace_decoder_linears
 from methods.primitives import TanhSignSTE, binary_sign, rank1_nmf_scales, rank1_svd_scales
+from methods.storage import FLOAT_BITS, report_for_layers
 
 
 @dataclass
@@ -108,6 +109,20 @@ class OneBit(Quantizer):
     def quantize(self, model: nn.Module, calibration=None) -> nn.Module:
         replace_decoder_linears(model, lambda name, linear: OneBitLinear.from_linear(linear, self.config))
         return model
+
+    def storage_report(self, model: nn.Module):
+        def layer_bits(module):
+            if not isinstance(module, OneBitLinear):
+                return None
+            rows, cols = module.out_features, module.in_features
+            return {
+                "weights": rows * cols,
+                "signs": rows * cols,
+                "scales": FLOAT_BITS * (rows + cols),
+                "bias": FLOAT_BITS * rows if module.bias is not None else 0,
+            }
+
+        return report_for_layers(model, layer_bits)
 
     def trainable_parameters(self, model: nn.Module) -> list[nn.Parameter]:
         # Full fine-tuning except the token embedding, which is frozen; lm_head trains only when

@@ -10,6 +10,7 @@ from torch import nn
 from methods.base import MethodConfig, Quantizer
 from methods.modules import decoder_linears
 from methods.primitives import binary_sign, row_mean_abs
+from methods.storage import FLOAT_BITS, report_for_layers
 
 
 @dataclass
@@ -29,3 +30,14 @@ class SignRTN(Quantizer):
             weight = linear.weight
             weight.copy_(binary_sign(weight) * row_mean_abs(weight))
         return model
+
+    def storage_report(self, model: nn.Module):
+        linears = {id(linear) for linear in decoder_linears(model).values()}
+
+        def layer_bits(module):
+            if id(module) not in linears:
+                return None
+            rows, cols = module.out_features, module.in_features
+            return {"weights": rows * cols, "signs": rows * cols, "scales": FLOAT_BITS * rows}
+
+        return report_for_layers(model, layer_bits)
