@@ -137,6 +137,18 @@ def _directory_revision(directory: Path) -> str:
     return "files:" + digest.hexdigest()[:16]
 
 
+def check_model_spec(spec: str) -> None:
+    """Raise ModelLoadError for an unknown alias or a bad directory, without loading anything."""
+    if spec in EMBEDDED_MODELS:
+        return
+    path = Path(spec).expanduser()
+    if path.is_dir() or not _is_alias_like(spec):
+        if path.is_dir() and not (path / "config.json").exists():
+            raise ModelLoadError(f"{path} is a directory but has no config.json; point at a Hugging Face model directory.")
+        return
+    resolve_model(spec)
+
+
 def resolve_model(spec: str) -> tuple[str, str, str, str]:
     """Return (name, path or hub id to load, revision, origin) for a model spec."""
     if spec in EMBEDDED_MODELS:

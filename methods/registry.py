@@ -6,6 +6,8 @@ import difflib
 import importlib
 from dataclasses import dataclass
 
+from methods.base import ConfigError
+
 
 @dataclass(frozen=True)
 class MethodEntry:
@@ -38,7 +40,7 @@ METHODS: tuple[MethodEntry, ...] = (
 )
 
 
-class UnknownMethodError(ValueError):
+class UnknownMethodError(ConfigError):
     """Raised for a method name that is not registered."""
 
 

@@ -1,0 +1,155 @@
+"""The `bench` command line: run, report, list."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+from bench import __version__
+
+logger = logging.getLogger("bench")
+
+EPILOG = """examples:
+  bench run --methods binarymos,onebit          distill both methods on the default model (quick profile)
+  bench run --methods rtn --profile full        whole evaluation sets
+  bench run --methods binarymos --metrics ppl,zeroshot
+  bench report                                  rebuild leaderboard.md from results/
+  bench list                                    show the registered methods
+"""
+
+
+def _split_list(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def _add_run_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "run", help="quantize and measure methods", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG
+    )
+    what = parser.add_argument_group("what to run")
+    what.add_argument("--methods", type=_split_list, required=True, metavar="A,B", help="comma-separated method names (see `bench list`)")
+    what.add_argument("--model", default="smollm2-135m", metavar="SPEC", help="model alias, Hugging Face id or local directory (default: smollm2-135m)")
+    what.add_argument("--metrics", type=_split_list, default=["ppl"], metavar="A,B", help="ppl and/or zeroshot (default: ppl)")
+    how = parser.add_argument_group("settings")
+    how.add_argument("--profile", default="quick", metavar="NAME", help="quick (default), full or paper")
+    how.add_argument("--config", metavar="FILE", help="TOML or YAML file with keys profile, settings and methods.<name>")
+    how.add_argument("--steps", type=int, metavar="N", help="distillation steps (overrides the profile)")
+    how.add_argument("--lr", type=float, metavar="LR", help="distillation learning rate (overrides the profile)")
+    how.add_argument("--dtype", default=None, metavar="DTYPE", help="auto (default: float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16")
+    where = parser.add_argument_group("locations")
+    where.add_argument("--data-dir", metavar="DIR", help="local data directory (default: $BENCH_DATA_DIR, else the Hugging Face hub)")
+    where.add_argument("--results-dir", default="results", metavar="DIR", help="where result records are stored (default: results)")
+    where.add_argument("--leaderboard", default="leaderboard.md", metavar="FILE", help="leaderboard file to regenerate (default: leaderboard.md)")
+
+
+def _add_report_parser(subparsers) -> None:
+    parser = subparsers.add_parser("report", help="regenerate leaderboard.md from stored results")
+    parser.add_argument("--results-dir", default="results", metavar="DIR", help="where result records are stored (default: results)")
+    parser.add_argument("--leaderboard", default="leaderboard.md", metavar="FILE", help="leaderboard file to write (default: leaderboard.md)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bench", description="Benchmark 1-bit LLM quantizers under one protocol.")
+    parser.add_argument("--version", action="version", version=f"bitbench {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    _add_run_parser(subparsers)
+    _add_report_parser(subparsers)
+    subparsers.add_parser("list", help="list the registered methods")
+    return parser
+
+
+def _write_leaderboard(results_dir: str, leaderboard: str) -> list[dict]:
+    from bench.leaderboard import render
+    from bench.results import ResultStore
+
+    records = ResultStore(results_dir).records()
+    Path(leaderboard).write_text(render(records), encoding="utf-8")
+    return records
+
+
+def command_list(args) -> int:
+    from rich.table import Table
+
+    from bench.console import console
+    from methods.registry import METHODS
+
+    table = Table(title="registered methods")
+    table.add_column("Method")
+    table.add_column("Aliases")
+    table.add_column("Summary")
+    for entry in METHODS:
+        table.add_row(entry.name, ", ".join(entry.aliases), entry.summary)
+    console.print(table)
+    return 0
+
+
+def command_report(args) -> int:
+    from bench.console import console
+
+    records = _write_leaderboard(args.results_dir, args.leaderboard)
+    console.print(f"Wrote {args.leaderboard} from {len(records)} records in {args.results_dir}.")
+    return 0
+
+
+def command_run(args) -> int:
+    from bench.console import console, results_table
+    from bench.profiles import get_profile, read_config_file
+    from bench.runner import RunPlan, Runner
+
+    config = read_config_file(args.config) if args.config else None
+    profile_name = args.profile if args.profile != "quick" or config is None or config.profile is None else config.profile
+    profile = get_profile(profile_name)
+    overrides = dict(config.settings) if config else {}
+    if args.steps is not None:
+        overrides["train_steps"] = args.steps
+    if args.lr is not None:
+        overrides["learning_rate"] = args.lr
+    profile = profile.with_overrides(overrides)
+    plan = RunPlan(
+        model=args.model,
+        methods=args.methods,
+        profile=profile,
+        metrics=args.metrics,
+        method_options=config.methods if config else {},
+        data_dir=args.data_dir,
+        results_dir=Path(args.results_dir),
+        dtype=args.dtype,
+        command=shlex.join(["bench", *sys.argv[1:]]),
+    )
+    keys = set(Runner(plan).run())
+    records = _write_leaderboard(args.results_dir, args.leaderboard)
+    console.print(results_table([record for record in records if record["key"] in keys]))
+    console.print(f"Records in {args.results_dir}/records.jsonl; leaderboard written to {args.leaderboard}.")
+    return 0
+
+
+COMMANDS = {"run": command_run, "report": command_report, "list": command_list}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from bench.console import console, setup_logging
+
+    setup_logging(args.verbose)
+    from bench.data import DataNotFoundError
+    from bench.distill import TrainingDivergedError
+    from bench.models import ModelLoadError
+    from bench.results import ResultsStoreError
+    from methods.base import ConfigError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, DataNotFoundError, ModelLoadError, ResultsStoreError, TrainingDivergedError) as error:
+        console.print(f"[bold red]error:[/] {error}")
+        return 2
+    except KeyboardInterrupt:
+        console.print("[yellow]Interrupted. Stored records and training checkpoints are kept; rerun the same command to resume.[/]")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

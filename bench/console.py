@@ -1,0 +1,57 @@
+"""Terminal output of the CLI: logging setup and the rich results table."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from bench.leaderboard import PPL_LABELS, TASK_LABELS, format_ppl, group_rows
+
+# A pipe or CI log gets a wide table instead of rich's 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 160)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Log to stderr through rich; $BENCH_LOG_LEVEL overrides the level."""
+    level = os.environ.get("BENCH_LOG_LEVEL", "DEBUG" if verbose else "INFO").upper()
+    logging.basicConfig(
+        level=level, format="%(message)s", handlers=[RichHandler(console=Console(stderr=True), show_path=False)]
+    )
+    for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub", "datasets", "transformers", "accelerate", "lm_eval"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    try:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def results_table(records: list[dict]) -> Table:
+    """Build a rich table of perplexity and zero-shot average per method from `records`."""
+    table = Table(title="bitbench results")
+    for column in ("Model", "Profile", "Method", "Wiki2 PPL", "C4 PPL", "Wiki2 at init", "C4 at init", "Zero-shot avg", "Bits/w (linears)"):
+        table.add_column(column, justify="left" if column in ("Model", "Profile", "Method") else "right")
+    for (model, _revision, profile), rows in sorted(group_rows(records).items()):
+        for row in rows.values():
+            def ppl(column):
+                record = row.cells.get(column)
+                return format_ppl(record["value"]) if record else ""
+
+            accuracies = [row.cells[f"zeroshot/{task}/acc"]["value"] for task in TASK_LABELS if f"zeroshot/{task}/acc" in row.cells]
+            average = f"{100 * sum(accuracies) / len(accuracies):.1f}" if accuracies else ""
+            storage = next((record["storage"] for record in row.cells.values() if record.get("storage")), {})
+            bits = storage.get("bits_per_weight_linear")
+            table.add_row(
+                model, profile, row.label,
+                *(ppl(f"ppl/{name}") for name in PPL_LABELS),
+                *(ppl(f"ppl/{name}@init") for name in PPL_LABELS),
+                average,
+                "" if bits is None or bits != bits else f"{bits:.3f}",
+            )
+    return table
