@@ -51,7 +51,7 @@ class TrainingSettings:
         return self.steps * self.batch_size * self.seqlen
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "tokens": self.tokens, "optimizer": "adamw_torch"}
+        return {**asdict(self), "tokens": self.tokens, "optimizer": "adamw_torch_fused"}
 
 
 @dataclass
@@ -177,7 +177,7 @@ def training_arguments(settings: TrainingSettings, output_dir: Path) -> Training
         adam_beta1=settings.adam_beta1,
         adam_beta2=settings.adam_beta2,
         max_grad_norm=settings.max_grad_norm,
-        optim="adamw_torch",
+        optim="adamw_torch_fused",
         logging_steps=1,
         save_strategy="steps",
         save_steps=settings.save_steps,

@@ -22,7 +22,7 @@ from torch import nn
 from methods.base import ConfigError, MethodConfig, Quantizer, TrainingDefaults
 from methods.losses import hidden_mse_sum, logits_kl_batchmean
 from methods.modules import replace_decoder_linears
-from methods.primitives import ClippedSignSTE, rank1_svd_scales
+from methods.primitives import ClippedSignSTE, binary_sign, rank1_svd_scales
 from methods.storage import FLOAT_BITS, report_for_layers
 
 
@@ -38,6 +38,37 @@ class BinaryMoSConfig(MethodConfig):
             raise ConfigError(f"binarymos num_experts must be >= 1, got {self.num_experts}.")
         if self.hidden_loss_weight < 0:
             raise ConfigError(f"binarymos hidden_loss_weight must be >= 0, got {self.hidden_loss_weight}.")
+
+
+class ScaledBinaryMatmul(torch.autograd.Function):
+    """((x * s_in) sign(W)^T) * s_out with the clipped straight-through gradient for W.
+
+    One autograd node instead of five: the sign matrix is built once per forward and reused in
+    the backward pass, and the clip mask is applied in place on the weight gradient. Gradients
+    equal those of the composed formula (tested).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, in_scale, out_scale):
+        signs = binary_sign(weight)
+        scaled_input = x * in_scale
+        unscaled = F.linear(scaled_input, signs)
+        ctx.save_for_backward(x, weight, signs, in_scale, out_scale, scaled_input, unscaled)
+        return unscaled * out_scale
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        x, weight, signs, in_scale, out_scale, scaled_input, unscaled = ctx.saved_tensors
+        grad_unscaled = grad_output * out_scale
+        grad_out_scale = grad_output * unscaled
+        grad_scaled_input = grad_unscaled @ signs
+        grad_x = grad_scaled_input * in_scale
+        grad_in_scale = grad_scaled_input * x
+        grad_weight = grad_unscaled.reshape(-1, grad_unscaled.shape[-1]).T @ scaled_input.reshape(
+            -1, scaled_input.shape[-1]
+        )
+        grad_weight.masked_fill_(weight.abs() >= 1, 0.0)
+        return grad_x, grad_weight, grad_in_scale, grad_out_scale
 
 
 class BinaryMoSLinear(nn.Module):
@@ -77,11 +108,17 @@ class BinaryMoSLinear(nn.Module):
         gates = self.expert_weights(x)
         in_scale = gates @ self.in_scale
         out_scale = gates @ self.out_scale
-        signs = ClippedSignSTE.apply(self.weight)
-        output = F.linear(x * in_scale, signs) * out_scale
+        output = ScaledBinaryMatmul.apply(x, self.weight, in_scale, out_scale)
         if self.bias is not None:
             output = output + self.bias
         return output
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer formula composed from autograd operations, as the official code writes it."""
+        gates = self.expert_weights(x)
+        signs = ClippedSignSTE.apply(self.weight)
+        output = F.linear(x * (gates @ self.in_scale), signs) * (gates @ self.out_scale)
+        return output + self.bias if self.bias is not None else output
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, num_experts={self.num_experts}"

@@ -164,9 +164,13 @@ def discover_linear_groups(
     """Group the linears of a layer by shared input tensor, in the order the forward pass uses them."""
     groups: dict[tuple, list[str]] = {}
     seen: set[str] = set()
+    # Holding every observed input keeps its memory from being reused by a later tensor of the
+    # same shape, so equal keys always mean the same values.
+    observed: list[torch.Tensor] = []
 
     def observe(name: str):
         def hook(_module, args):
+            observed.append(args[0])
             key = _input_key(args[0])
             groups.setdefault(key, []).append(name)
             seen.add(name)
@@ -204,10 +208,18 @@ def collect_hessians(
         name: HessianAccumulator(linear.in_features, device=linear.weight.device) for name, linear in linears.items()
     }
     seen: set[str] = set()
+    # Linears that read the same tensor (q/k/v, gate/up) share one X X^T per window. Holding the
+    # window's inputs keeps them alive, so an identity check cannot match a reused address.
+    window_grams: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def accumulate(name: str):
         def hook(_module, args):
-            accumulators[name].add_batch(args[0])
+            inputs = args[0]
+            gram = next((gram for tensor, gram in window_grams if tensor is inputs), None)
+            if gram is None:
+                gram = HessianAccumulator.gram(inputs)
+                window_grams.append((inputs, gram))
+            accumulators[name].add_gram(gram, inputs.shape[0])
             seen.add(name)
             if len(seen) == len(linears):
                 raise _StopForward
@@ -218,6 +230,7 @@ def collect_hessians(
     try:
         for window in range(inputs.shape[0]):
             seen.clear()
+            window_grams.clear()
             try:
                 _run_layer(layer, inputs[window : window + 1], call)
             except _StopForward:

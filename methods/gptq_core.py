@@ -20,7 +20,6 @@ Group and block sizes that do not divide the number of columns end in a shorter 
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
@@ -46,14 +45,22 @@ class HessianAccumulator:
         self.hessian = torch.zeros(columns, columns, dtype=torch.float32, device=device)
         self.samples = 0
 
+    @staticmethod
+    def gram(inputs: torch.Tensor) -> torch.Tensor:
+        """Return X X^T (columns x columns, float32) of inputs shaped (..., columns)."""
+        rows = inputs.reshape(-1, inputs.shape[-1]).float()
+        return rows.T @ rows
+
+    def add_gram(self, gram: torch.Tensor, batch: int) -> None:
+        """Add the Gram matrix of `batch` samples, as returned by `gram`."""
+        self.hessian *= self.samples / (self.samples + batch)
+        self.samples += batch
+        self.hessian.add_(gram, alpha=2 / self.samples)
+
     def add_batch(self, inputs: torch.Tensor) -> None:
         """Add inputs of shape (batch, ..., columns); each batch entry counts as one sample."""
         batch = inputs.shape[0] if inputs.dim() > 2 else 1
-        rows = inputs.reshape(-1, inputs.shape[-1]).float()
-        self.hessian *= self.samples / (self.samples + batch)
-        self.samples += batch
-        rows = rows * math.sqrt(2 / self.samples)
-        self.hessian.addmm_(rows.T, rows)
+        self.add_gram(self.gram(inputs), batch)
 
 
 def column_ranges(columns: int, size: int) -> list[tuple[int, int]]:

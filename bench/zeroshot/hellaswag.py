@@ -19,8 +19,8 @@ lm-eval 0.4.13 (`tasks/hellaswag/utils.py`) builds instead
 where preprocess strips the text, replaces " [title]" with ". ", deletes every "[...]" by regex
 and replaces double spaces once. Rebuilding that from the file:
 
-- ActivityNet tasks (the first 3243 of the validation set; their `ctx` never ends with ".")
-  end in an incomplete noun phrase, the hub's `ctx_b`, which the file joins to `ctx_a`
+- ActivityNet tasks are the first 3243 of the validation set, and their `ctx` never ends with
+  ".". It ends in an incomplete noun phrase, the hub's `ctx_b`, which the file joins to `ctx_a`
   unmarked. The text after the last sentence end is taken as `ctx_b` and capitalized with
   `str.capitalize()` as lm-eval does. This is exact whenever that text is the original `ctx_b`.
 - WikiHow tasks (`ctx` ends with "."; `ctx_b` is empty on the hub) need no change.
@@ -73,10 +73,10 @@ def delete_brackets(text: str) -> str:
 
 def build_query(activity_label: str, ctx_a: str, ctx_b: str) -> str:
     """Return lm-eval's HellaSwag query for already-extracted text parts."""
-    text = f"{activity_label}: {ctx_a} {ctx_b.capitalize()}".strip()
-    # An empty ctx_a or ctx_b leaves a double space, which lm-eval's preprocess replaces.
-    text = text.replace("  ", " ")
-    return delete_brackets(text)
+    # lm-eval joins with spaces even when ctx_a or ctx_b is empty, then strips the text and
+    # replaces the resulting double space, so an empty part adds no space here.
+    parts = [part for part in (ctx_a, ctx_b.capitalize()) if part]
+    return delete_brackets(f"{activity_label}: " + " ".join(parts))
 
 
 def parse_hellaswag_task(lines: list[str]) -> dict:

@@ -263,3 +263,21 @@ def resolve_data_dir(explicit: str | os.PathLike | None = None) -> Path | None:
     if directory is not None and not directory.is_dir():
         raise DataNotFoundError(f"Data directory {directory} does not exist. Fix --data-dir or ${DATA_DIR_VARIABLE}.")
     return directory
+
+
+def load_local_dataset(task: str, data_dir_value: str | os.PathLike | None = None):
+    """Return a datasets.DatasetDict with the task's local rows under the split lm-eval evaluates.
+
+    This is the `custom_dataset` of the local lm-eval task configs. The data directory comes
+    from the task metadata (`data_dir`), else from $BENCH_DATA_DIR.
+    """
+    import datasets
+
+    directory = resolve_data_dir(data_dir_value)
+    if directory is None:
+        raise DataNotFoundError(
+            f"The local lm-eval task for {task} needs a data directory: pass metadata data_dir "
+            f"(lm_eval --metadata '{{\"data_dir\": \"/path/to/data\"}}') or set ${DATA_DIR_VARIABLE}."
+        )
+    rows = read_local_rows(task, directory)
+    return datasets.DatasetDict({LOCAL_SOURCES[task].split: datasets.Dataset.from_list(rows)})
