@@ -106,10 +106,6 @@ def check_zeroshot_data(protocol: ZeroShotProtocol, data_dir=None) -> None:
         read_local_rows(name, directory)
 
 
-def _local_dataset_loaded(task) -> bool:
-    return callable(getattr(task.config, "custom_dataset", None))
-
-
 def _task_manager(directory: Path | None):
     from lm_eval.tasks import TaskManager
 
@@ -153,10 +149,12 @@ def _progress_lm_class():
             self.advance()
 
     class ProgressHFLM(HFLM):
+        progress_label = "zero-shot"
+
         def loglikelihood(self, requests, disable_tqdm: bool = False):
             inner = self.cache_hook
             with new_progress() as progress:
-                bar = progress.add_task(f"zero-shot requests ({self.progress_label})", total=len(requests))
+                bar = progress.add_task(f"{self.progress_label} requests", total=len(requests))
                 self.cache_hook = _ProgressHook(inner, lambda: progress.advance(bar))
                 try:
                     return super().loglikelihood(requests, disable_tqdm=True)
@@ -170,12 +168,15 @@ def _progress_lm_class():
 def _preserved_random_state():
     """Restore Python's, NumPy's and torch's global RNG states, which lm-eval reseeds and draws from."""
     python_state, numpy_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     try:
         yield
     finally:
         random.setstate(python_state)
         np.random.set_state(numpy_state)
         torch.set_rng_state(torch_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
 
 
 def _records(protocol, results: dict, tasks: dict, lm_names: dict, sources: dict, details: dict) -> list[dict]:
@@ -227,7 +228,7 @@ def _run_lm_eval(model, tokenizer, protocol: ZeroShotProtocol, directory: Path |
 
     # A copy, because HFLM may set a pad token on the tokenizer it is given.
     lm = _progress_lm_class()(pretrained=model, tokenizer=copy.deepcopy(tokenizer), batch_size=protocol.batch_size)
-    lm.progress_label = ", ".join(protocol.tasks)
+    lm.progress_label = "zero-shot " + ", ".join(protocol.tasks)
     results = simple_evaluate(
         model=lm,
         tasks=[tasks[lm_names[name]] for name in protocol.tasks],
