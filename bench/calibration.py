@@ -1,8 +1,8 @@
 """Calibration windows of the post-training methods, drawn from C4 train text.
 
-Protocol: the C4 train documents are joined with JOIN into one text and tokenized once; each
-window is `seqlen` consecutive tokens starting at a uniformly random offset, drawn with
-random.Random(seed). Windows may overlap. The text is joined because few documents of the local
+Protocol: the C4 train documents are joined with JOIN (a space) into one text and tokenized
+once. Each window is `seqlen` consecutive tokens starting at a uniformly random offset, drawn
+with random.Random(seed). Windows may overlap. The text is joined because few documents of the local
 C4 sample reach 2048 tokens on their own, unlike GPTQ's sampler, which picks one window inside
 a random document longer than the window.
 """

@@ -118,7 +118,7 @@ def command_run(args) -> int:
         data_dir=args.data_dir,
         results_dir=Path(args.results_dir),
         dtype=args.dtype,
-        command=shlex.join(["bench", *sys.argv[1:]]),
+        command=shlex.join(["bench", *args.argv]),
     )
     keys = set(Runner(plan).run())
     records = _write_leaderboard(args.results_dir, args.leaderboard)
@@ -131,7 +131,9 @@ COMMANDS = {"run": command_run, "report": command_report, "list": command_list}
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     from bench.console import console, setup_logging
 
     setup_logging(args.verbose)

@@ -166,6 +166,7 @@ def _truncate_log(log_path: Path, step: int) -> float:
 
 
 def training_arguments(settings: TrainingSettings, output_dir: Path) -> TrainingArguments:
+    optional = {"gradient_checkpointing": True} if settings.gradient_checkpointing else {}
     return TrainingArguments(
         output_dir=str(output_dir),
         max_steps=settings.steps,
@@ -188,8 +189,8 @@ def training_arguments(settings: TrainingSettings, output_dir: Path) -> Training
         disable_tqdm=True,
         remove_unused_columns=False,
         dataloader_num_workers=0,
-        gradient_checkpointing=settings.gradient_checkpointing,
         use_cpu=not torch.cuda.is_available(),
+        **optional,
     )
 
 

@@ -270,7 +270,7 @@ class Runner:
             logger.info("%s: every result is stored; nothing to run", quantizer.name)
             return
 
-        context: dict = {}
+        context: dict = {"training": base.get("training")}
         if quantizer.name == REFERENCE:
             model = self.reference.model
         else:

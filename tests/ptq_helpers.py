@@ -80,7 +80,7 @@ def real_layer_activations(data_dir) -> dict[str, tuple[torch.Tensor, torch.Tens
     """Return {linear name: (weight, inputs, Hessian)} for the linears of one real decoder layer.
 
     The inputs are the real activations reaching that layer when the unquantized default model
-    reads C4 calibration windows; the Hessian is 2 X X^T / n over the same inputs.
+    reads C4 calibration windows. The Hessian is 2 X X^T / n over the same inputs.
     """
     if "default" in _REAL_CACHE:
         return _REAL_CACHE["default"]

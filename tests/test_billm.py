@@ -129,8 +129,8 @@ def test_block_loop_passes_error_to_later_blocks_only():
 
     blockwise_feedback(weight.clone(), factor, 2, quantize_block)
 
-    # Block [0, 2) sees the original weights, with no update between its own columns; block
-    # [2, 3) sees 1 - (1 * 0.25 + 1 * 0.5) after the first block's errors of 1 and 1.
+    # Block [0, 2) receives the original weights, with no update between its own columns. Block
+    # [2, 3) receives 1 - (1 * 0.25 + 1 * 0.5) after the first block's errors of 1 and 1.
     assert torch.equal(seen[0], torch.tensor([[1.0, 1.0]]))
     assert torch.allclose(seen[1], torch.tensor([[0.25]]))
 

@@ -13,31 +13,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.models import DEFAULT_MODEL, load_model
 from bench.zeroshot import TASK_CONFIG_DIR, TASKS, ZeroShotProtocol, evaluate_zeroshot, select_examples
 
-DATA_DIR = os.environ.get("BENCH_DATA_DIR")
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not DATA_DIR or not Path(DATA_DIR, "piqa", "valid.jsonl").is_file(),
-        reason="set BENCH_DATA_DIR to the shared data directory",
-    ),
-]
+pytestmark = pytest.mark.slow
 LIMIT = 20  # examples per task: 20 of each of the six tasks are about 400 loglikelihood requests
 BATCH_SIZE = 8
-
-
-@pytest.fixture(scope="module")
-def reference():
-    return load_model(DEFAULT_MODEL)
 
 
 def _parameter_checksums(model) -> dict[str, float]:
     return {name: float(parameter.detach().double().sum()) for name, parameter in model.named_parameters()}
 
 
-def _run_lm_eval_cli(model_dir: str, samples: dict[str, list[int]], output: Path) -> dict:
+def _run_lm_eval_cli(model_dir: str, data_dir: Path, samples: dict[str, list[int]], output: Path) -> dict:
     """Run `python -m lm_eval run` on the model directory with the local task configs; return its results."""
     command = [
         sys.executable, "-m", "lm_eval", "run",
@@ -48,7 +35,7 @@ def _run_lm_eval_cli(model_dir: str, samples: dict[str, list[int]], output: Path
         "--samples", json.dumps(samples),
         "--batch_size", str(BATCH_SIZE),
         "--device", "cpu",
-        "--metadata", json.dumps({"data_dir": DATA_DIR}),
+        "--metadata", json.dumps({"data_dir": str(data_dir)}),
         "--output_path", str(output),
     ]
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -58,25 +45,26 @@ def _run_lm_eval_cli(model_dir: str, samples: dict[str, list[int]], output: Path
     return json.loads(results_file.read_text())
 
 
-def test_in_process_equals_cli(reference, tmp_path):
-    model = reference.model
-    model.train()  # evaluate_zeroshot must evaluate in eval mode and hand the mode back
+def test_in_process_equals_cli(default_model, data_dir, tmp_path):
+    model = default_model.model
     checksums = _parameter_checksums(model)
     random.seed(1234)
     expected_random = random.random()
     random.seed(1234)
 
     protocol = ZeroShotProtocol(limit=LIMIT, seed=0, batch_size=BATCH_SIZE)
-    records = evaluate_zeroshot(model, reference.tokenizer, protocol, DATA_DIR)
-
-    assert model.training
+    model.train()  # evaluate_zeroshot must evaluate in eval mode and hand the mode back
+    try:
+        records = evaluate_zeroshot(model, default_model.tokenizer, protocol, data_dir)
+        assert model.training
+    finally:
+        model.eval()
     assert random.random() == expected_random
     assert _parameter_checksums(model) == checksums
-    model.eval()
 
     n_totals = {record["lm_eval_task"]: record["n_total"] for record in records}
     samples = {name: select_examples(n_totals[name], LIMIT, protocol.seed) for name in n_totals}
-    cli = _run_lm_eval_cli(reference.info.source, samples, tmp_path / "lm_eval_output")
+    cli = _run_lm_eval_cli(default_model.info.source, data_dir, samples, tmp_path / "lm_eval_output")
 
     assert len(records) == sum(len(TASKS[name].metrics) for name in protocol.tasks)
     for record in records:
@@ -90,11 +78,11 @@ def test_in_process_equals_cli(reference, tmp_path):
         assert record["limit"] == LIMIT
 
 
-def test_quantized_model_evaluates_in_place(reference):
+def test_quantized_model_evaluates_in_place(default_model, data_dir):
     """A model whose linears a method replaced is evaluated as is, and left unchanged."""
     import methods
 
-    model = copy.deepcopy(reference.model)
+    model = copy.deepcopy(default_model.model)
     methods.create("binarymos").quantize(model)
     replaced = sum(1 for module in model.modules() if type(module).__module__.startswith("methods."))
     assert replaced > 0
@@ -103,7 +91,7 @@ def test_quantized_model_evaluates_in_place(reference):
 
     protocol = ZeroShotProtocol(tasks=("piqa",), limit=4, seed=0, batch_size=BATCH_SIZE)
     with torch.no_grad():
-        records = evaluate_zeroshot(model, reference.tokenizer, protocol, DATA_DIR)
+        records = evaluate_zeroshot(model, default_model.tokenizer, protocol, data_dir)
 
     assert [record["metric"] for record in records] == ["acc", "acc_norm"]
     assert all(0.0 <= record["value"] <= 1.0 and record["n_samples"] == 4 for record in records)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import bz2
 import json
-import os
 import random
 from pathlib import Path
 
@@ -21,11 +20,6 @@ from bench.data import DataNotFoundError
 from bench.zeroshot import TASK_CONFIG_DIR, TASKS, ZeroShotProtocol, check_zeroshot_data, evaluate_zeroshot, select_examples
 from bench.zeroshot.local_data import LOCAL_SOURCES, MalformedDataError
 
-DATA_DIR = os.environ.get("BENCH_DATA_DIR")
-needs_data = pytest.mark.skipif(
-    not DATA_DIR or not Path(DATA_DIR, "piqa", "valid.jsonl").is_file(),
-    reason="set BENCH_DATA_DIR to the shared data directory",
-)
 SAMPLE_SIZE = 40
 
 # ---------------------------------------------------------------------------------------------
@@ -125,15 +119,14 @@ HUB_READERS = {
 # Exact equality for the five tasks with lossless local files
 
 
-@needs_data
 @pytest.mark.parametrize("name", sorted(HUB_READERS))
-def test_local_requests_equal_builtin(builtin_manager, name):
-    hub_docs = HUB_READERS[name](Path(DATA_DIR))
+def test_local_requests_equal_builtin(data_dir, builtin_manager, name):
+    hub_docs = HUB_READERS[name](data_dir)
     # The sample always contains the first and last documents and a seeded spread between them.
     middle = random.Random(1).sample(range(1, len(hub_docs) - 1), SAMPLE_SIZE - 2)
     sample = sorted({0, len(hub_docs) - 1, *middle})
 
-    local = _local_task(TASKS[name].local_task, DATA_DIR)
+    local = _local_task(TASKS[name].local_task, data_dir)
     builtin = _builtin_task(builtin_manager, TASKS[name].hub_task, [hub_docs[index] for index in sample])
 
     assert len(local.eval_docs) == len(hub_docs)
@@ -141,11 +134,10 @@ def test_local_requests_equal_builtin(builtin_manager, name):
     assert _targets(local, sample) == _targets(builtin)
 
 
-@needs_data
 @pytest.mark.parametrize("name", sorted(HUB_READERS))
-def test_local_metrics_equal_builtin(builtin_manager, name):
-    hub_docs = HUB_READERS[name](Path(DATA_DIR))
-    local = _local_task(TASKS[name].local_task, DATA_DIR)
+def test_local_metrics_equal_builtin(data_dir, builtin_manager, name):
+    hub_docs = HUB_READERS[name](data_dir)
+    local = _local_task(TASKS[name].local_task, data_dir)
     builtin = _builtin_task(builtin_manager, TASKS[name].hub_task, hub_docs[:2])
 
     assert sorted(local.aggregation()) == sorted(builtin.aggregation())
@@ -156,12 +148,11 @@ def test_local_metrics_equal_builtin(builtin_manager, name):
     assert local.config.metadata["version"] == builtin.config.metadata["version"]
 
 
-@needs_data
-def test_arc_numeric_labels_kept():
-    rows = hub_arc_easy(Path(DATA_DIR)) + hub_arc_challenge(Path(DATA_DIR))
+def test_arc_numeric_labels_kept(data_dir):
+    rows = hub_arc_easy(data_dir) + hub_arc_challenge(data_dir)
     numeric = [row for row in rows if row["choices"]["label"][0] == "1"]
-    local_rows = LOCAL_SOURCES["arc_easy"].read([Path(DATA_DIR, "arc/ARC-Easy/test.json")])
-    local_rows += LOCAL_SOURCES["arc_challenge"].read([Path(DATA_DIR, "arc/ARC-Challenge/test.jsonl")])
+    local_rows = LOCAL_SOURCES["arc_easy"].read([data_dir / "arc/ARC-Easy/test.json"])
+    local_rows += LOCAL_SOURCES["arc_challenge"].read([data_dir / "arc/ARC-Challenge/test.jsonl"])
     local_numeric = [row for row in local_rows if row["choices"]["label"][0] == "1"]
 
     assert len(numeric) == 97 + 22
@@ -169,24 +160,22 @@ def test_arc_numeric_labels_kept():
     assert all(row["answerKey"] in {"1", "2", "3", "4", "5"} for row in local_numeric)
 
 
-@needs_data
-def test_first_documents_match_hub():
+def test_first_documents_match_hub(data_dir):
     """Values of the first validation/test documents as the hub datasets have them."""
-    data = Path(DATA_DIR)
-    boolq = LOCAL_SOURCES["boolq"].read([data / "boolq/dev.jsonl"])[0]
+    boolq = LOCAL_SOURCES["boolq"].read([data_dir / "boolq/dev.jsonl"])[0]
     assert boolq["question"] == "does ethanol take more energy make that produces"
     assert boolq["passage"].startswith("Ethanol fuel -- All biomass goes through at least some of these steps")
     assert boolq["label"] == 0
 
-    piqa = LOCAL_SOURCES["piqa"].read([data / "piqa/valid.jsonl", data / "piqa/valid-labels.lst"])[0]
+    piqa = LOCAL_SOURCES["piqa"].read([data_dir / "piqa/valid.jsonl", data_dir / "piqa/valid-labels.lst"])[0]
     assert piqa["goal"] == "How do I ready a guinea pig cage for it's new occupants?"
     assert piqa["label"] == 0
 
-    winogrande = LOCAL_SOURCES["winogrande"].read([data / "winogrande/dev.jsonl", data / "winogrande/dev-labels.lst"])[0]
+    winogrande = LOCAL_SOURCES["winogrande"].read([data_dir / "winogrande/dev.jsonl", data_dir / "winogrande/dev-labels.lst"])[0]
     assert winogrande["sentence"] == "Sarah was a much better surgeon than Maria so _ always got the easier cases."
     assert winogrande["answer"] == "2"
 
-    arc = LOCAL_SOURCES["arc_easy"].read([data / "arc/ARC-Easy/test.json"])[0]
+    arc = LOCAL_SOURCES["arc_easy"].read([data_dir / "arc/ARC-Easy/test.json"])[0]
     assert (arc["id"], arc["answerKey"]) == ("Mercury_417466", "A")
 
 
@@ -270,10 +259,9 @@ def write_hellaswag_file(directory: Path, rows: list[dict]) -> None:
         handle.write("\n".join(lines) + "\n")
 
 
-@needs_data
-def test_hellaswag_extractor_port_matches_file():
+def test_hellaswag_extractor_port_matches_file(data_dir):
     """The port reproduces the first ten tasks of the local file from their hub rows."""
-    with bz2.open(Path(DATA_DIR) / LOCAL_SOURCES["hellaswag"].files[0], "rt", encoding="utf-8") as handle:
+    with bz2.open(data_dir / LOCAL_SOURCES["hellaswag"].files[0], "rt", encoding="utf-8") as handle:
         head = [next(handle).rstrip("\n") for _ in range(6 * len(HELLASWAG_VAL_HEAD))]
     for number, fields in enumerate(HELLASWAG_VAL_HEAD):
         row = hub_hellaswag_row(*fields)
@@ -281,12 +269,11 @@ def test_hellaswag_extractor_port_matches_file():
         assert head[6 * number : 6 * number + 6] == expected
 
 
-@needs_data
-def test_hellaswag_real_rows_equal_builtin(builtin_manager):
+def test_hellaswag_real_rows_equal_builtin(data_dir, builtin_manager):
     """On the first ten validation rows (ActivityNet) the local file gives lm-eval's exact requests."""
     rows = [hub_hellaswag_row(*fields) for fields in HELLASWAG_VAL_HEAD]
     sample = list(range(len(rows)))
-    local = _local_task("hellaswag_local", DATA_DIR)
+    local = _local_task("hellaswag_local", data_dir)
     builtin = _builtin_task(builtin_manager, "hellaswag", rows)
 
     local_requests = _requests(local, sample)
@@ -348,9 +335,8 @@ def test_hellaswag_documented_differences(tmp_path, builtin_manager):
     assert [continuation for _, continuation in local[8:]] == [continuation for _, continuation in builtin[8:]]
 
 
-@needs_data
-def test_hellaswag_file_shape():
-    rows = LOCAL_SOURCES["hellaswag"].read([Path(DATA_DIR) / LOCAL_SOURCES["hellaswag"].files[0]])
+def test_hellaswag_file_shape(data_dir):
+    rows = LOCAL_SOURCES["hellaswag"].read([data_dir / LOCAL_SOURCES["hellaswag"].files[0]])
     sources = [row["source"] for row in rows]
     assert len(rows) == 10042
     # The validation set lists its 3243 ActivityNet tasks first, then the WikiHow ones.
@@ -369,7 +355,7 @@ class UntouchableModel:
         raise AssertionError(f"the model was used (attribute {name!r}) before the data check failed")
 
 
-def _linked_data_dir(tmp_path: Path, replace: dict[str, str | bytes | None]) -> Path:
+def _linked_data_dir(data_dir: Path, tmp_path: Path, replace: dict[str, str | bytes | None]) -> Path:
     """Build a data directory of symbolic links to the real files, with some files replaced or removed."""
     root = tmp_path / "data"
     for source in LOCAL_SOURCES.values():
@@ -385,7 +371,7 @@ def _linked_data_dir(tmp_path: Path, replace: dict[str, str | bytes | None]) -> 
                 else:
                     target.write_text(content, encoding="utf-8")
             else:
-                target.symlink_to(Path(DATA_DIR, name))
+                target.symlink_to(data_dir / name)
     return root
 
 
@@ -408,19 +394,17 @@ BROKEN_FILES = [
 ]
 
 
-@needs_data
 @pytest.mark.parametrize("name, content, error, message", BROKEN_FILES)
-def test_broken_file_fails_before_model(tmp_path, name, content, error, message):
-    data = _linked_data_dir(tmp_path, {name: content})
+def test_broken_file_fails_before_model(data_dir, tmp_path, name, content, error, message):
+    data = _linked_data_dir(data_dir, tmp_path, {name: content})
     with pytest.raises(error) as raised:
         evaluate_zeroshot(UntouchableModel(), None, ZeroShotProtocol(), data)
     assert name in str(raised.value)
     assert message in str(raised.value)
 
 
-@needs_data
-def test_check_reads_only_protocol_tasks(tmp_path):
-    data = _linked_data_dir(tmp_path, {"boolq/dev.jsonl": None})
+def test_check_reads_only_protocol_tasks(data_dir, tmp_path):
+    data = _linked_data_dir(data_dir, tmp_path, {"boolq/dev.jsonl": None})
     check_zeroshot_data(ZeroShotProtocol(tasks=("piqa", "winogrande")), data)
     with pytest.raises(DataNotFoundError, match="boolq/dev.jsonl"):
         check_zeroshot_data(ZeroShotProtocol(tasks=("piqa", "boolq")), data)

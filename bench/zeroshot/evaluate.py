@@ -212,32 +212,39 @@ def _records(protocol, results: dict, tasks: dict, lm_names: dict, sources: dict
     return records
 
 
-def _run_lm_eval(model, tokenizer, protocol: ZeroShotProtocol, directory: Path | None):
-    """Load the tasks, pick the subsets and run lm-eval; return (results, tasks, lm-eval names, HFLM)."""
-    from lm_eval.evaluator import simple_evaluate
-
+def _prepare_tasks(protocol: ZeroShotProtocol, directory: Path | None):
+    """Load the lm-eval tasks and pick each one's subset; return (manager, tasks, lm-eval names, samples)."""
     manager, tasks = _load_tasks(protocol, directory)
     lm_names = {name: TASKS[name].local_task if directory else TASKS[name].hub_task for name in protocol.tasks}
-
     samples = {}
     for name in protocol.tasks:
         lm_name = lm_names[name]
         indices = select_examples(len(tasks[lm_name].eval_docs), protocol.limit, protocol.seed)
         if indices is not None:
             samples[lm_name] = indices
+    return manager, tasks, lm_names, samples
 
-    # A copy, because HFLM may set a pad token on the tokenizer it is given.
-    lm = _progress_lm_class()(pretrained=model, tokenizer=copy.deepcopy(tokenizer), batch_size=protocol.batch_size)
-    lm.progress_label = "zero-shot " + ", ".join(protocol.tasks)
-    results = simple_evaluate(
-        model=lm,
-        tasks=[tasks[lm_names[name]] for name in protocol.tasks],
-        num_fewshot=None,  # 0 is the default for these tasks; passing it only logs a warning
-        samples=samples or None,
-        task_manager=manager,
-        log_samples=False,
-    )
-    return results, tasks, lm_names, lm
+
+def _run_lm_eval(model, tokenizer, protocol: ZeroShotProtocol, manager, tasks: list, samples: dict):
+    """Wrap the model in HFLM and run lm-eval's evaluator on `tasks`; return (results, HFLM)."""
+    from lm_eval.evaluator import simple_evaluate
+
+    was_training = model.training
+    try:
+        # A copy, because HFLM may set a pad token on the tokenizer it is given.
+        lm = _progress_lm_class()(pretrained=model, tokenizer=copy.deepcopy(tokenizer), batch_size=protocol.batch_size)
+        lm.progress_label = "zero-shot " + ", ".join(protocol.tasks)
+        results = simple_evaluate(
+            model=lm,
+            tasks=tasks,
+            num_fewshot=None,  # 0 is the default for these tasks; passing it only logs a warning
+            samples=samples or None,
+            task_manager=manager,
+            log_samples=False,
+        )
+    finally:
+        model.train(was_training)
+    return results, lm
 
 
 def evaluate_zeroshot(model, tokenizer, protocol: ZeroShotProtocol, data_dir=None) -> list[dict]:
@@ -252,12 +259,10 @@ def evaluate_zeroshot(model, tokenizer, protocol: ZeroShotProtocol, data_dir=Non
     check_zeroshot_data(protocol, directory)
     sources = task_sources(protocol, directory)
 
-    was_training = model.training
-    try:
-        with _preserved_random_state():
-            results, tasks, lm_names, lm = _run_lm_eval(model, tokenizer, protocol, directory)
-    finally:
-        model.train(was_training)
+    with _preserved_random_state():
+        manager, tasks, lm_names, samples = _prepare_tasks(protocol, directory)
+        ordered = [tasks[lm_names[name]] for name in protocol.tasks]
+        results, lm = _run_lm_eval(model, tokenizer, protocol, manager, ordered, samples)
 
     details = {
         "num_fewshot": protocol.num_fewshot,
