@@ -29,20 +29,20 @@ def _add_run_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "run", help="quantize and measure methods", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG
     )
-    what = parser.add_argument_group("what to run")
-    what.add_argument("--methods", type=_split_list, required=True, metavar="A,B", help="comma-separated method names (see `bench list`)")
-    what.add_argument("--model", default="smollm2-135m", metavar="SPEC", help="model alias, Hugging Face id or local directory (default: smollm2-135m)")
-    what.add_argument("--metrics", type=_split_list, default=["ppl"], metavar="A,B", help="ppl and/or zeroshot (default: ppl)")
-    how = parser.add_argument_group("settings")
-    how.add_argument("--profile", default="quick", metavar="NAME", help="quick (default), full or paper")
-    how.add_argument("--config", metavar="FILE", help="TOML or YAML file with keys profile, settings and methods.<name>")
-    how.add_argument("--steps", type=int, metavar="N", help="distillation steps (overrides the profile)")
-    how.add_argument("--lr", type=float, metavar="LR", help="distillation learning rate (overrides the profile)")
-    how.add_argument("--dtype", default=None, metavar="DTYPE", help="auto (default: float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16")
-    where = parser.add_argument_group("locations")
-    where.add_argument("--data-dir", metavar="DIR", help="local data directory (default: $BENCH_DATA_DIR, else the Hugging Face hub)")
-    where.add_argument("--results-dir", default="results", metavar="DIR", help="where result records are stored (default: results)")
-    where.add_argument("--leaderboard", default="leaderboard.md", metavar="FILE", help="leaderboard file to regenerate (default: leaderboard.md)")
+    selection = parser.add_argument_group("what to run")
+    selection.add_argument("--methods", type=_split_list, required=True, metavar="A,B", help="comma-separated method names (see `bench list`)")
+    selection.add_argument("--model", default="smollm2-135m", metavar="SPEC", help="model alias, Hugging Face id or local directory (default: smollm2-135m)")
+    selection.add_argument("--metrics", type=_split_list, default=["ppl"], metavar="A,B", help="ppl and/or zeroshot (default: ppl)")
+    settings = parser.add_argument_group("settings")
+    settings.add_argument("--profile", default=None, metavar="NAME", help="quick (default), full or paper")
+    settings.add_argument("--config", metavar="FILE", help="TOML or YAML file with keys profile, settings and methods.<name>")
+    settings.add_argument("--steps", type=int, metavar="N", help="distillation steps (overrides the profile)")
+    settings.add_argument("--lr", type=float, metavar="LR", help="distillation learning rate (overrides the profile)")
+    settings.add_argument("--dtype", default=None, metavar="DTYPE", help="auto (default: float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16")
+    locations = parser.add_argument_group("locations")
+    locations.add_argument("--data-dir", metavar="DIR", help="local data directory (default: $BENCH_DATA_DIR, else the Hugging Face hub)")
+    locations.add_argument("--results-dir", default="results", metavar="DIR", help="where result records are stored (default: results)")
+    locations.add_argument("--leaderboard", default="leaderboard.md", metavar="FILE", help="leaderboard file to regenerate (default: leaderboard.md)")
 
 
 def _add_report_parser(subparsers) -> None:
@@ -101,7 +101,7 @@ def command_run(args) -> int:
     from bench.runner import RunPlan, Runner
 
     config = read_config_file(args.config) if args.config else None
-    profile_name = args.profile if args.profile != "quick" or config is None or config.profile is None else config.profile
+    profile_name = args.profile or (config.profile if config else None) or "quick"
     profile = get_profile(profile_name)
     overrides = dict(config.settings) if config else {}
     if args.steps is not None:
