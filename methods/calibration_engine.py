@@ -2,8 +2,8 @@
 
 1. Capture the inputs of the first decoder layer for every calibration window, and the keyword
    arguments (attention mask, position embeddings, ...) that the model passes to each layer.
-2. For each decoder layer in turn: run the calibration windows through it with hooks that
-   accumulate the Hessian 2 X X^T / n of every nn.Linear inside it, hand each linear and its
+2. For each decoder layer in turn, run the calibration windows through it with hooks that
+   accumulate the Hessian 2 X X^T / n of every nn.Linear inside it. Hand each linear and its
    Hessian to the method, then run the quantized layer to produce the next layer's inputs.
 
 With true-sequential order the linears of a layer are quantized in groups: the linears that
@@ -66,7 +66,7 @@ class CalibrationStats:
 
     windows: int
     seqlen: int
-    buffer_bytes: int  # bytes of one activation buffer; the engine holds two
+    buffer_bytes: int  # bytes of one activation buffer (the engine keeps two)
     capture_seconds: float = 0.0
     layer_seconds: list[float] = field(default_factory=list)
 
@@ -111,7 +111,7 @@ def capture_layer_inputs(model: nn.Module, windows: torch.Tensor) -> CapturedInp
     """Run the model on each window up to its first decoder layer and keep that layer's inputs.
 
     The first window runs up to the last decoder layer, so the call arguments of every layer are
-    recorded; they depend only on the window length, which all windows share.
+    recorded. They depend only on the window length, which all windows share.
     """
     layers = decoder_layers(model)
     device = next(model.parameters()).device

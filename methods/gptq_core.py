@@ -11,7 +11,8 @@ later column j by w_j -= e_i U[i, j], which is the optimal update of the remaini
 
 Two loops apply that update:
 - `columnwise_feedback`: the GPTQ loop. Columns are quantized one at a time inside blocks of
-  `block_size`; each error updates the rest of its block at once and the later blocks after it.
+  `block_size`. Each error updates the rest of its block at once, and the later blocks after
+  the block ends.
 - `blockwise_feedback`: BiLLM's variant. A whole block is quantized at once from its current
   weights, and its errors update only the later blocks, never the columns of the same block.
 
@@ -25,9 +26,9 @@ from typing import Callable
 import torch
 
 # (position, column, weight) -> quantized column. `position` is the column's index in the
-# (possibly permuted) working weight; `weight` is the working weight, which the loop updates
-# between blocks only, so its columns inside the current block still hold their values from
-# the start of the block.
+# (possibly permuted) working weight. `weight` is the working weight, which the loop updates
+# between blocks only, so its columns inside the current block keep their values from the
+# start of the block.
 ColumnQuantizer = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 
 # (start, end, block) -> quantized block, for the columns start:end of the working weight.
@@ -109,7 +110,7 @@ def act_order_permutation(hessian: torch.Tensor) -> torch.Tensor:
 def hessian_saliency(weight: torch.Tensor, factor_diagonal: torch.Tensor) -> torch.Tensor:
     """Return w^2 / U[j, j]^2 elementwise: the loss of zeroing each weight, up to a constant.
 
-    `factor_diagonal` holds U[j, j] of the inverse-Hessian factor for the columns of `weight`.
+    `factor_diagonal` contains U[j, j] of the inverse-Hessian factor for the columns of `weight`.
     """
     return weight**2 / factor_diagonal.unsqueeze(0) ** 2
 
