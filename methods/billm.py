@@ -4,8 +4,8 @@ Each decoder linear is processed in blocks of 128 input columns. Per block, mask
 on a saliency matrix (methods.residual_binarization): a few salient columns get a second-order
 residual binarization, and the other weights are split by magnitude into two groups binarized
 separately. The block is binarized at once from its current weights, and its error is passed
-to the later blocks through the inverse Hessian (methods.gptq_core.blockwise_feedback); there
-is no column-by-column update inside a block, as in the reference implementation.
+to the later blocks through the inverse Hessian (methods.gptq_core.blockwise_feedback). As in
+the reference implementation, there is no column-by-column update inside a block.
 
 Defaults follow the reference code and its published runs: block size 128, damping 0.01, the
 Hessian saliency metric, up to 49 salient columns per block, split points at the 81 quantiles

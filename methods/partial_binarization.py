@@ -1,7 +1,7 @@
 """PB-LLM's partial binarization: which weights stay salient, and the binarization of the rest.
 
 The salient weights are the (1 - f) fraction with the highest saliency in a group of columns,
-where f is the binarized fraction: an entry is binarized when its saliency is at most the value
+where f is the binarized fraction. An entry is binarized when its saliency is at most the value
 at index floor(f * n) of the group's sorted saliencies, so ties at the threshold are binarized.
 
 The binarized weights use a mean-shifted sign per row: q = alpha * sign(w - mu) + mu. The

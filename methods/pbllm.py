@@ -1,7 +1,7 @@
 """PB-LLM (Shang et al., 2024), post-training variant "GPTQ-PB": partially binarized weights.
 
 A fraction of each decoder linear's weights is binarized with a mean-shifted sign per row
-(methods.partial_binarization); the rest, the salient weights chosen by magnitude or Hessian
+(methods.partial_binarization). The rest, the salient weights chosen by magnitude or Hessian
 saliency, keep 8-bit per-row asymmetric min-max codes fitted on the whole row. The masks and
 the binarization statistics are computed once per group from the weights before the loop, and
 the columns are then quantized with GPTQ error feedback (methods.gptq_core), as in the

@@ -1,7 +1,7 @@
 """The quantizer base of the post-training methods that run on the calibration engine.
 
 A subclass implements `quantize_weight(weight, hessian) -> (quantized weight, layout)` for one
-linear; this base runs the engine, writes each quantized weight back and keeps each linear's
+linear. This base runs the engine, writes each quantized weight back and keeps each linear's
 layout for the storage report.
 
 NOTE: the quantized weights are simulated. They are written back as dequantized floats in the

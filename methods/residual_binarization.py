@@ -43,7 +43,7 @@ def residual_binarize(values: torch.Tensor, mask: torch.Tensor, order: int) -> t
     """Binarize the masked entries of `values` (rows, columns) per row with `order` residual terms.
 
     `mask` broadcasts against `values` and may carry leading candidate dimensions, for example
-    (candidates, 1, columns); the result has the broadcast shape and is 0 outside the mask.
+    (candidates, 1, columns). The result has the broadcast shape and is 0 outside the mask.
     """
     weights = mask.to(values.dtype)
     count = weights.sum(dim=-1, keepdim=True).clamp_min(1)
