@@ -17,7 +17,6 @@ import difflib
 import importlib.metadata
 import logging
 import random
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -254,7 +253,6 @@ def evaluate_zeroshot(model, tokenizer, protocol: ZeroShotProtocol, data_dir=Non
     n_total, lm_eval_version, limit, task_source, and the lm-eval settings used. The model's
     train/eval mode and the global random states are restored afterwards.
     """
-    started = time.perf_counter()
     directory = resolve_data_dir(data_dir)
     check_zeroshot_data(protocol, directory)
     sources = task_sources(protocol, directory)
@@ -271,7 +269,6 @@ def evaluate_zeroshot(model, tokenizer, protocol: ZeroShotProtocol, data_dir=Non
         "chat_template": False,
         "add_bos_token": lm.add_bos_token,
         "max_length": lm.max_length,
-        "wall_time_s": round(time.perf_counter() - started, 2),  # the whole call, all tasks together
     }
     records = _records(protocol, results, tasks, lm_names, sources, details)
     for record in records:
