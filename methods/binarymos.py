@@ -22,7 +22,7 @@ from torch import nn
 from methods.base import ConfigError, MethodConfig, Quantizer, TrainingDefaults
 from methods.losses import hidden_mse_sum, logits_kl_batchmean
 from methods.modules import replace_decoder_linears
-from methods.primitives import ClippedSignSTE, binary_sign, rank1_svd_scales
+from methods.primitives import ClippedSignSTE, SignCache, binary_sign, rank1_svd_scales
 from methods.storage import FLOAT_BITS, report_for_layers
 
 
@@ -84,6 +84,7 @@ class BinaryMoSLinear(nn.Module):
         self.router = nn.Linear(in_features, num_experts, bias=False)
         self.in_scale = nn.Parameter(torch.zeros(num_experts, in_features))
         self.out_scale = nn.Parameter(torch.zeros(num_experts, out_features))
+        self.sign_cache = SignCache()
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, num_experts: int) -> "BinaryMoSLinear":
@@ -108,7 +109,10 @@ class BinaryMoSLinear(nn.Module):
         gates = self.expert_weights(x)
         in_scale = gates @ self.in_scale
         out_scale = gates @ self.out_scale
-        output = ScaledBinaryMatmul.apply(x, self.weight, in_scale, out_scale)
+        if torch.is_grad_enabled():
+            output = ScaledBinaryMatmul.apply(x, self.weight, in_scale, out_scale)
+        else:
+            output = F.linear(x * in_scale, self.sign_cache.get(self.weight)) * out_scale
         if self.bias is not None:
             output = output + self.bias
         return output

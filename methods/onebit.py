@@ -21,7 +21,7 @@ from torch import nn
 from methods.base import ConfigError, MethodConfig, Quantizer, TrainingDefaults
 from methods.losses import logits_kl_batchmean, normalized_hidden_distance_sum
 from methods.modules import replace_decoder_linears
-from methods.primitives import TanhSignSTE, binary_sign, rank1_nmf_scales, rank1_svd_scales
+from methods.primitives import SignCache, TanhSignSTE, binary_sign, rank1_nmf_scales, rank1_svd_scales
 from methods.storage import FLOAT_BITS, report_for_layers
 
 
@@ -59,6 +59,7 @@ class OneBitLinear(nn.Module):
         self.in_scale = nn.Parameter(torch.ones(in_features))
         self.out_scale = nn.Parameter(torch.ones(out_features))
         self.norm = nn.LayerNorm(out_features, elementwise_affine=False)
+        self.sign_cache = SignCache()
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, config: OneBitConfig) -> "OneBitLinear":
@@ -78,7 +79,7 @@ class OneBitLinear(nn.Module):
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        signs = TanhSignSTE.apply(self.weight)
+        signs = TanhSignSTE.apply(self.weight) if torch.is_grad_enabled() else self.sign_cache.get(self.weight)
         output = self.norm(F.linear(x * self.in_scale, signs) * self.out_scale)
         if self.bias is not None:
             output = output + self.bias

@@ -132,3 +132,15 @@ def test_fused_layer_gradients_equal_composed_formula():
     torch.testing.assert_close(layer(x), layer.reference_forward(x))
     for fused_grad, composed_grad in zip(fused, composed):
         torch.testing.assert_close(fused_grad, composed_grad)
+
+
+def test_sign_cache_follows_weight_updates():
+    torch.manual_seed(5)
+    layer = BinaryMoSLinear.from_linear(nn.Linear(8, 6, bias=False), num_experts=2)
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        before = layer(x)
+        layer.weight.neg_()
+        after = layer(x)
+    torch.testing.assert_close(after, layer.reference_forward(x).detach())
+    assert not torch.allclose(before, after)
