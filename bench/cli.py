@@ -141,11 +141,13 @@ def main(argv: list[str] | None = None) -> int:
     from bench.distill import TrainingDivergedError
     from bench.models import ModelLoadError
     from bench.results import ResultsStoreError
+    from bench.zeroshot.local_data import MalformedDataError
     from methods.base import ConfigError
 
+    user_errors = (ConfigError, DataNotFoundError, MalformedDataError, ModelLoadError, ResultsStoreError, TrainingDivergedError)
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, DataNotFoundError, ModelLoadError, ResultsStoreError, TrainingDivergedError) as error:
+    except user_errors as error:
         console.print(f"[bold red]error:[/] {error}")
         return 2
     except KeyboardInterrupt:

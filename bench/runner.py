@@ -102,7 +102,10 @@ def _check_data(plan: RunPlan, quantizers: dict[str, Quantizer]) -> None:
 
 def _zeroshot_protocol(profile: Profile):
     zeroshot = _zeroshot_module()
-    return zeroshot.ZeroShotProtocol(limit=profile.zeroshot_limit, seed=profile.seed, batch_size=profile.zeroshot_batch_size)
+    try:
+        return zeroshot.ZeroShotProtocol(limit=profile.zeroshot_limit, seed=profile.seed, batch_size=profile.zeroshot_batch_size)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
 
 
 class Runner:
