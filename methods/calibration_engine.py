@@ -147,8 +147,8 @@ def capture_layer_inputs(model: nn.Module, windows: torch.Tensor) -> CapturedInp
 
     if state["buffer"] is None or any(call is None for call in calls):
         raise RuntimeError(
-            "The calibration forward pass did not reach every decoder layer; the model's forward "
-            "does not call its decoder layers in order, which this engine requires."
+            "The calibration forward pass did not reach every decoder layer. This engine requires a "
+            "model whose forward pass calls each of its decoder layers in order."
         )
     return CapturedInputs(hidden_states=state["buffer"], layer_calls=calls)
 
@@ -219,7 +219,7 @@ def collect_hessians(
             if gram is None:
                 gram = HessianAccumulator.gram(inputs)
                 window_grams.append((inputs, gram))
-            accumulators[name].add_gram(gram, inputs.shape[0])
+            accumulators[name].add_gram(gram, inputs.shape[0] if inputs.dim() > 2 else 1)
             seen.add(name)
             if len(seen) == len(linears):
                 raise _StopForward

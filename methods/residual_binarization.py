@@ -78,7 +78,7 @@ def search_split(
     """
     others = (~column_mask).unsqueeze(0).expand_as(saliency)
     magnitude = (saliency * others).abs()
-    thresholds = torch.quantile(magnitude.flatten(), quantiles.to(magnitude.dtype))
+    thresholds = torch.quantile(magnitude.flatten(), quantiles.to(device=magnitude.device, dtype=magnitude.dtype))
     best = thresholds[int(torch.argmin(split_errors(saliency, column_mask, thresholds)))]
     return (magnitude < best) & others, (magnitude >= best) & others
 
