@@ -12,6 +12,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# Tests that change the working directory must still find the data, so make the path absolute.
+if os.environ.get("BENCH_DATA_DIR"):
+    os.environ["BENCH_DATA_DIR"] = str(Path(os.environ["BENCH_DATA_DIR"]).resolve())
 
 
 @pytest.fixture(scope="session")
