@@ -105,6 +105,14 @@ class BinaryMoSLinear(nn.Module):
         """Return the router's softmax over experts per token, computed in float32."""
         return F.softmax(self.router(x).float(), dim=-1).to(x.dtype)
 
+    def train(self, mode: bool = True):
+        self.sign_cache.clear()
+        return super().train(mode)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.sign_cache.clear()
+        super()._load_from_state_dict(*args, **kwargs)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gates = self.expert_weights(x)
         in_scale = gates @ self.in_scale

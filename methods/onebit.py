@@ -78,6 +78,14 @@ class OneBitLinear(nn.Module):
             layer.out_scale.copy_(out_scale)
         return layer
 
+    def train(self, mode: bool = True):
+        self.sign_cache.clear()
+        return super().train(mode)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.sign_cache.clear()
+        super()._load_from_state_dict(*args, **kwargs)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         signs = TanhSignSTE.apply(self.weight) if torch.is_grad_enabled() else self.sign_cache.get(self.weight)
         output = self.norm(F.linear(x * self.in_scale, signs) * self.out_scale)

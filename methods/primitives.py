@@ -15,14 +15,19 @@ def binary_sign(weight: torch.Tensor) -> torch.Tensor:
 
 
 class SignCache:
-    """sign(W) of a weight, rebuilt only after the weight changes.
+    """sign(W) of a weight, built once for the many forward passes of an evaluation.
 
-    Evaluation runs many forward passes with fixed weights, so the sign matrix is built once.
-    Optimizer steps and `load_state_dict` update the weight in place, which bumps its version
-    counter and invalidates the cache.
+    The owning module clears the cache whenever it switches between training and evaluation
+    mode or loads a state dict. A changed version counter also rebuilds it, but that alone is
+    not enough: fused optimizers (`torch.optim.AdamW(fused=True)`) update parameters in place
+    without bumping their version.
     """
 
     def __init__(self):
+        self._key = None
+        self._signs = None
+
+    def clear(self) -> None:
         self._key = None
         self._signs = None
 

@@ -144,3 +144,31 @@ def test_sign_cache_follows_weight_updates():
         after = layer(x)
     torch.testing.assert_close(after, layer.reference_forward(x).detach())
     assert not torch.allclose(before, after)
+
+
+def test_sign_cache_cleared_after_fused_adamw_step():
+    torch.manual_seed(6)
+    layer = BinaryMoSLinear.from_linear(nn.Linear(8, 6, bias=False), num_experts=2)
+    optimizer = torch.optim.AdamW(layer.parameters(), lr=0.5, fused=True)
+    x = torch.randn(3, 8)
+    layer.eval()
+    with torch.no_grad():
+        layer(x)  # fills the cache
+    layer.train()
+    layer(x).sum().backward()
+    optimizer.step()  # a fused step does not bump the weight's version counter
+    layer.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), layer.reference_forward(x))
+
+
+def test_sign_cache_cleared_on_state_dict_load():
+    torch.manual_seed(7)
+    layer = BinaryMoSLinear.from_linear(nn.Linear(8, 6, bias=False), num_experts=2).eval()
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        layer(x)
+        state = {key: value.clone() for key, value in layer.state_dict().items()}
+        state["weight"] = -state["weight"]
+        layer.load_state_dict(state)
+        torch.testing.assert_close(layer(x), layer.reference_forward(x))
