@@ -12,9 +12,11 @@ sign(0) = +1, whose mean is mu2 = -alpha (n+ - n-) / n and whose deviations are
 So E2 = E1 - n mu2^2 - n alpha2^2. Every sum of |v - c| over a set reduces to prefix sums
 over the row's values sorted once, plus a binary search for c. All sums run in float64.
 
-A set is a union of index ranges [start, end) of the sorted row, restricted to member
-entries: the salient-column search uses one full range with per-candidate membership, the
-split search uses full membership with one or two ranges per candidate.
+The salient-column search binarizes whole sets: the top-k columns of each row (a membership
+mask per candidate k) and the rest, so it queries sums below a value (MemberSet,
+ComplementSet). The split search binarizes groups that are one or two index ranges of the
+sorted non-salient values, so it queries sums over ranges [start, end) (`totals`,
+`absolute_deviation`).
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ class SortedPrefix:
     `sorted_values` is (rows, m), sorted ascending per row. `membership` is None (every entry is
     a member) or a boolean (rows, candidates, m). Query indices j count entries: a query at j
     covers the sorted entries 0 .. j-1. They have shape (rows, q) without membership and
-    (rows, candidates, 1) with it. Queries return the three prefixes stacked on a leading
-    dimension of 3: count, sum, sum of squares.
+    (rows, candidates, 1) with it. Queries return the prefixes stacked on a leading dimension:
+    count, sum and sum of squares.
     """
 
     def __init__(self, sorted_values: torch.Tensor, membership: torch.Tensor | None = None):
@@ -66,57 +68,64 @@ class SortedPrefix:
         flat = centers.reshape(rows, -1).contiguous()
         return torch.searchsorted(self.sorted, flat).reshape(centers.shape)
 
-    def at(self, index: Bound) -> torch.Tensor:
-        """Return the prefixes over the first `index` sorted entries."""
+    def at(self, index: Bound, kinds: int = 3) -> torch.Tensor:
+        """Return the first `kinds` prefixes (count, sum, sum of squares) over the first `index` sorted entries."""
+        prefixes = self.prefixes[:kinds]
         if isinstance(index, int):
             if index == 0:
-                shape = (3,) + (1,) * self.prefixes[0].dim()
+                shape = (kinds,) + (1,) * self.prefixes[0].dim()
                 return torch.zeros(shape, dtype=self.sorted.dtype, device=self.sorted.device)
             if index != self.length:
                 raise ValueError(f"Integer bounds must be 0 or the row length {self.length}, got {index}.")
-            return torch.stack([prefix[..., -1:] for prefix in self.prefixes])
+            return torch.stack([prefix[..., -1:] for prefix in prefixes])
         last = (index - 1).clamp_min(0)
-        values = torch.stack([torch.gather(prefix, -1, last) for prefix in self.prefixes])
+        values = torch.stack([torch.gather(prefix, -1, last) for prefix in prefixes])
         return torch.where(index > 0, values, 0.0)
 
     def between(self, start: Bound, end: Bound) -> torch.Tensor:
         return self.at(end) - self.at(start)
 
 
-class ComplementPrefix:
-    """The entries of `everything` that are not members of `members`, queried by difference."""
+class MemberSet:
+    """The members of a SortedPrefix with membership, one set per row and candidate."""
 
-    def __init__(self, everything: SortedPrefix, members: SortedPrefix):
-        self.sorted = members.sorted
-        self.length = members.length
-        self.everything = everything
+    def __init__(self, members: SortedPrefix):
         self.members = members
 
-    def position(self, centers: torch.Tensor) -> torch.Tensor:
-        return self.members.position(centers)
+    def totals(self) -> torch.Tensor:
+        """Return (count, sum, sum of squares) of the set, stacked, each (rows, candidates, 1)."""
+        return self.members.at(self.members.length)
 
-    def _everything_at(self, index: Bound) -> torch.Tensor:
-        if isinstance(index, int):
-            value = self.everything.at(index)
-            return value.unsqueeze(-1) if value.dim() == 3 else value
+    def below(self, centers: torch.Tensor) -> torch.Tensor:
+        """Return (count, sum) of the set's values below `centers` (rows, candidates, 1), stacked."""
+        return self.members.at(self.members.position(centers), kinds=2)
+
+
+class ComplementSet(MemberSet):
+    """The entries of each row that are not members of `members`, computed by difference."""
+
+    def __init__(self, everything: SortedPrefix, members: SortedPrefix):
+        super().__init__(members)
+        self.everything = everything
+
+    def totals(self) -> torch.Tensor:
+        everything = self.everything.at(self.everything.length).unsqueeze(-1)
+        return everything - super().totals()
+
+    def below(self, centers: torch.Tensor) -> torch.Tensor:
+        index = self.members.position(centers)
         rows = index.shape[0]
-        return self.everything.at(index.reshape(rows, -1)).reshape(3, *index.shape)
-
-    def between(self, start: Bound, end: Bound) -> torch.Tensor:
-        everything = self._everything_at(end) - self._everything_at(start)
-        return everything - self.members.between(start, end)
+        everything = self.everything.at(index.reshape(rows, -1), kinds=2).reshape(2, *index.shape)
+        return everything - self.members.at(index, kinds=2)
 
 
-Prefix = SortedPrefix | ComplementPrefix
-
-
-def totals(prefix: Prefix, ranges: Ranges) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def totals(prefix: SortedPrefix, ranges: Ranges) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Return (count, sum, sum of squares) of the members in `ranges`."""
     count, total, square = sum(prefix.between(start, end) for start, end in ranges)
     return count, total, square
 
 
-def absolute_deviation(prefix: Prefix, ranges: Ranges, center: torch.Tensor) -> torch.Tensor:
+def absolute_deviation(prefix: SortedPrefix, ranges: Ranges, center: torch.Tensor) -> torch.Tensor:
     """Return the sum of |v - center| over the members in `ranges`."""
     cut = prefix.position(center)
     result = torch.zeros_like(center)
@@ -128,7 +137,7 @@ def absolute_deviation(prefix: Prefix, ranges: Ranges, center: torch.Tensor) -> 
     return result
 
 
-def order1_error(prefix: Prefix, ranges: Ranges) -> tuple[torch.Tensor, ...]:
+def order1_error(prefix: SortedPrefix, ranges: Ranges) -> tuple[torch.Tensor, ...]:
     """Return (mean, scale, squared error, count) of binarizing the set at order 1."""
     count, total, square = totals(prefix, ranges)
     safe_count = count.clamp_min(1)
@@ -138,23 +147,30 @@ def order1_error(prefix: Prefix, ranges: Ranges) -> tuple[torch.Tensor, ...]:
     return mean, scale, error, count
 
 
-def order2_error(prefix: Prefix, ranges: Ranges) -> torch.Tensor:
-    """Return the squared error of binarizing the set at order 2."""
-    mean, scale, error, count = order1_error(prefix, ranges)
-    safe_count = count.clamp_min(1)
-    cut = prefix.position(mean)
-    above: Ranges = []
-    below: Ranges = []
-    for start, end in ranges:
-        middle = clip_index(cut, start, end)
-        above.append((middle, end))
-        below.append((start, middle))
+def order2_set_error(values: MemberSet) -> torch.Tensor:
+    """Return the squared error of binarizing each whole set at order 2.
 
-    positive = sum(prefix.between(start, end)[0] for start, end in above)
-    residual_mean = -scale * (2 * positive - count) / safe_count
-    deviation = absolute_deviation(prefix, above, mean + scale + residual_mean)
-    deviation = deviation + absolute_deviation(prefix, below, mean - scale + residual_mean)
-    residual_scale = deviation / safe_count
+    Needs only the set's totals and its counts and sums below three values: the mean mu, the
+    upper center mu + alpha + mu2 (>= mu) and the lower center mu - alpha + mu2 (<= mu).
+    """
+    count, total, square = values.totals()
+    safe_count = count.clamp_min(1)
+    mean = total / safe_count
+    below_count, below_sum = values.below(mean)
+    scale = (total - 2 * below_sum - mean * (count - 2 * below_count)) / safe_count
+    error = square - count * mean**2 - count * scale**2
+
+    # n+ - n- = count - 2 * below_count, because values equal to the mean take sign +1.
+    residual_mean = -scale * (count - 2 * below_count) / safe_count
+    upper = mean + scale + residual_mean
+    lower = mean - scale + residual_mean
+    upper_count, upper_sum = values.below(upper)
+    lower_count, lower_sum = values.below(lower)
+    positive = (
+        upper * (upper_count - below_count) - (upper_sum - below_sum) + (total - upper_sum) - upper * (count - upper_count)
+    )
+    negative = lower * lower_count - lower_sum + (below_sum - lower_sum) - lower * (below_count - lower_count)
+    residual_scale = (positive + negative) / safe_count
     return error - count * residual_mean**2 - count * residual_scale**2
 
 
@@ -180,10 +196,9 @@ def salient_column_errors(saliency: torch.Tensor, ranked: torch.Tensor) -> torch
     counts = torch.arange(1, ranked.numel() + 1, device=saliency.device)
     errors = []
     for candidate_counts in counts.split(chunk):
-        salient = SortedPrefix(sorted_values, sorted_rank.unsqueeze(1) < candidate_counts.view(1, -1, 1))
-        others = ComplementPrefix(everything, salient)
-        salient_error = order2_error(salient, [(0, columns)])
-        other_error = order2_error(others, [(0, columns)])
+        members = SortedPrefix(sorted_values, sorted_rank.unsqueeze(1) < candidate_counts.view(1, -1, 1))
+        salient_error = order2_set_error(MemberSet(members))
+        other_error = order2_set_error(ComplementSet(everything, members))
         errors.append((salient_error + other_error).sum(dim=(0, 2)))
     return torch.cat(errors)
 
@@ -202,7 +217,7 @@ def split_errors(saliency: torch.Tensor, column_mask: torch.Tensor, thresholds: 
 
     limits = thresholds.double().view(1, -1).expand(rows, -1)
     low_start = torch.searchsorted(sorted_values, -limits.contiguous(), right=True)  # first v > -p
-    # First v >= p; at p = 0 that index precedes low_start, and the low group is empty.
+    # First v >= p. At p = 0 that index precedes low_start, and the low group is empty.
     low_end = torch.maximum(torch.searchsorted(sorted_values, limits.contiguous()), low_start)
     low = order1_error(prefix, [(low_start, low_end)])[2]
     high = order1_error(prefix, [(0, low_start), (low_end, members)])[2]
