@@ -104,7 +104,9 @@ def _accuracy_cell(row: Row, task: str) -> tuple[str, float | None]:
 
 
 def _first(row: Row, key: str):
-    for record in row.cells.values():
+    """Return `key` of the row's records, preferring final-stage records (they carry training outcomes)."""
+    ordered = sorted(row.cells.values(), key=lambda record: record.get("stage") != "final")
+    for record in ordered:
         if record.get(key):
             return record[key]
     return None
@@ -156,7 +158,8 @@ def _protocol_notes(rows: list[Row]) -> list[str]:
             elif column.startswith("zeroshot/") and column.endswith("/acc"):
                 text = (
                     f"Zero-shot: lm-eval {protocol.get('lm_eval_version')}, {protocol.get('num_fewshot', 0)}-shot, "
-                    f"acc ± standard error in %, limit {protocol.get('limit')} examples per task (seed {protocol.get('seed')})."
+                    f"acc ± standard error in %, "
+                    + (f"a seeded subset of {protocol['limit']} examples per task (seed {protocol.get('seed')})." if protocol.get("limit") else "every example of each task.")
                 )
             else:
                 continue
