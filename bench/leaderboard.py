@@ -166,6 +166,16 @@ def _protocol_notes(rows: list[Row]) -> list[str]:
             if text not in seen:
                 seen.add(text)
                 notes.append(f"- {text}")
+    for row in rows:
+        for task in _zeroshot_columns([row]):
+            acc = row.cells.get(f"zeroshot/{task}/acc")
+            norm = row.cells.get(f"zeroshot/{task}/acc_norm")
+            if acc is None:
+                continue
+            text = f"{row.label}, {TASK_LABELS[task]}: acc {100 * acc['value']:.1f}"
+            if norm is not None:
+                text += f", acc_norm {100 * norm['value']:.1f}"
+            notes.append(f"- {text}, {acc.get('n_samples')} examples.")
     trained = [row for row in rows if _first(row, "training")]
     for row in trained:
         training = _first(row, "training")
