@@ -142,11 +142,14 @@ class Runner:
                     jobs.append(MetricJob("ppl", stage, protocol, {dataset: key}))
         if "zeroshot" in self.plan.metrics:
             protocol = _zeroshot_protocol(profile)
+            # A local-file run and a hub run of the same task must not share a key.
+            sources = _zeroshot_module().task_sources(protocol, self.plan.data_dir)
             keys = {}
             for task in protocol.tasks:
                 for metric in ("acc", "acc_norm"):
                     keys[f"{task}/{metric}"] = record_key(
-                        {**base, "metric": "zeroshot", "protocol": asdict(protocol), "task": task, "name": metric}
+                        {**base, "metric": "zeroshot", "protocol": asdict(protocol), "task": task, "name": metric,
+                         "source": sources[task]}
                     )
             jobs.append(MetricJob("zeroshot", "final", protocol, keys))
         return jobs
