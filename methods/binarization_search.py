@@ -53,14 +53,15 @@ class SortedPrefix:
         self.length = sorted_values.shape[-1]
         if membership is None:
             weights = torch.ones_like(sorted_values)
-            member_values = sorted_values
+            member_values = sorted_values.clone()
             squares = sorted_values * sorted_values
         else:
             values = sorted_values.unsqueeze(1)
             weights = membership.to(sorted_values.dtype)
             member_values = weights * values
             squares = member_values * values
-        self.prefixes = [part.cumsum(dim=-1) for part in (weights, member_values, squares)]
+        # Summed in place, so a chunk of candidates keeps three tensors and no temporaries.
+        self.prefixes = [part.cumsum_(dim=-1) for part in (weights, member_values, squares)]
 
     def position(self, centers: torch.Tensor) -> torch.Tensor:
         """Return, per row, the number of sorted values below each center."""
