@@ -165,6 +165,15 @@ def _truncate_log(log_path: Path, step: int) -> float:
     return kept[-1]["elapsed_s"] if kept else 0.0
 
 
+def _set_aside(log_path: Path) -> Path:
+    """Rename an earlier run's loss log to the first free `<key>.<n>.jsonl` and return the new path."""
+    number = 1
+    while (target := log_path.with_name(f"{log_path.stem}.{number}{log_path.suffix}")).exists():
+        number += 1
+    log_path.rename(target)
+    return target
+
+
 def training_arguments(settings: TrainingSettings, output_dir: Path) -> TrainingArguments:
     optional = {"gradient_checkpointing": True} if settings.gradient_checkpointing else {}
     return TrainingArguments(
@@ -207,7 +216,8 @@ def distill(student, teacher, quantizer, blocks: torch.Tensor, settings: Trainin
     resumed_step = int(resume.name.split("-")[-1]) if resume else None
     time_offset = _truncate_log(log_path, resumed_step) if resume else 0.0
     if resume is None and log_path.exists():
-        log_path.unlink()
+        earlier_log = _set_aside(log_path)
+        logger.warning("Training %s again from step 0; the earlier loss log is now %s", log_path.stem, earlier_log)
     if resume:
         logger.info("Resuming distillation from %s (step %d)", resume, resumed_step)
 

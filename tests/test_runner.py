@@ -93,6 +93,24 @@ def test_interrupted_training_resumes_from_checkpoint(workspace, tiny_model_dir,
     assert [entry["step"] for entry in log] == [1, 2, 3, 4]
 
 
+def test_retraining_keeps_earlier_loss_log(workspace, tiny_model_dir, isolated_cache):
+    assert run(workspace, tiny_model_dir, "binarymos") == 0
+    final = next(
+        record for record in records(workspace) if record["method"]["name"] == "binarymos" and record["stage"] == "final"
+    )
+    log_path = workspace / "results" / final["training"]["loss_log"]
+    first_log = log_path.read_text()
+
+    # A new machine keeps the records but not the cached student, and a new metric needs it.
+    for student in isolated_cache.rglob("student.safetensors"):
+        student.unlink()
+    (workspace / "more.toml").write_text(TINY_SETTINGS.replace("ppl_windows = 1", "ppl_windows = 2"))
+    assert main(["run", "--methods", "binarymos", "--model", str(tiny_model_dir), "--config", "more.toml"]) == 0
+
+    kept = log_path.with_name(f"{log_path.stem}.1.jsonl")
+    assert kept.read_text() == first_log
+
+
 def test_non_finite_loss_stops_with_clear_error(workspace, tiny_model_dir, monkeypatch, capsys):
     from methods.binarymos import BinaryMoS
 
