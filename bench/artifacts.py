@@ -342,3 +342,19 @@ def measured_storage(directory: str | os.PathLike, config: dict | None = None) -
 def measured_storage_dict(directory: str | os.PathLike, config: dict | None = None) -> dict:
     """Return the measured report as the `storage_measured` record field, with the bytes on disk."""
     return {**measured_storage(directory, config).to_dict(), "artifact_bytes": artifact_files_bytes(directory)}
+
+
+def copy_artifact(source: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Copy the artifact at `source` to `target` through a temporary directory; return `target`."""
+    source, target = Path(source), Path(target)
+    read_config(source)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    try:
+        for name in (WEIGHTS_FILE, CONFIG_FILE):
+            shutil.copyfile(source / name, staging / name)
+        _replace_directory(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
