@@ -5,10 +5,10 @@ Layout of an artifact directory:
 - `model.safetensors`: every packed layer's buffers (uint8 bit streams, float16 side data,
   int16 or int32 indices) under their state-dict names, and every kept tensor (embeddings,
   norms, lm_head) in float16. A tensor shared by several names (a tied lm_head) is stored once.
-- `config.json`: the format version, the method and its config, the identity of the model it
-  was made from (name, revision, dtype) and the spec that loads it, the Hugging Face model
-  config, each packed layer's constructor arguments, each tensor's storage component, dtype and
-  shape, the shared-tensor aliases, the storage formula report and the run context.
+- `config.json`: the format version, the method and its config, and the identity of the model
+  it was made from (name, revision, dtype) with the spec that loads it. It also has the
+  Hugging Face model config, each packed layer's constructor arguments, each tensor's storage
+  component, dtype and shape, the shared-tensor aliases, the storage formula and the run context.
 
 Loading reads JSON and safetensors only (nothing is unpickled), checks the format version, the
 model identity and every tensor's presence, dtype and shape before any data is read, and never

@@ -1,9 +1,9 @@
 """Peak process memory of an evaluation, measured in a fresh subprocess.
 
-Protocol: a new Python process imports the harness, records its resident set size (RSS), loads
-the model (the reference from its spec, or a packed artifact), scores `windows` perplexity
-windows, and reports its peak RSS as the kernel counts it (`ru_maxrss` of getrusage, the
-process's high-water mark). The peak includes the interpreter and the imported libraries,
+Protocol: a new Python process imports the harness and records its resident set size (RSS).
+It then loads the model (the reference from its spec, or a packed artifact) and scores
+`windows` perplexity windows. It reports its peak RSS as the kernel counts it: `ru_maxrss` of
+getrusage, the process's high-water mark. The peak includes the interpreter and the imported libraries,
 which the baseline RSS shows; the difference between two models' peaks is what the model
 and its evaluation cost. Linux reports ru_maxrss in KiB; it is converted to bytes.
 

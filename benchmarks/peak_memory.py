@@ -1,9 +1,10 @@
 """Peak memory of evaluating the packed BinaryMoS default model against the reference model.
 
-Builds BinaryMoS on SmolLM2-135M (at initialisation: distillation changes values, not the
-stored format or its memory), freezes and saves it, then measures each model in a fresh
-subprocess with bench.memory (peak RSS while loading and scoring WikiText-2 perplexity
-windows) and prints both peaks, the baseline of the bare process, and their ratios.
+The script builds BinaryMoS on SmolLM2-135M at initialisation, because distillation changes
+values, not the stored format or its memory. It freezes and saves the model, then measures
+the reference and the artifact, each in a fresh subprocess with bench.memory (peak RSS while
+loading and scoring WikiText-2 perplexity windows). It prints both peaks, the baseline of the
+bare process, and their ratios.
 
     OMP_NUM_THREADS=1 python benchmarks/peak_memory.py
 """

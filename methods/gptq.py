@@ -70,13 +70,14 @@ class _GroupParams:
         static: list[AffineParams] | None,
         order: torch.Tensor | None,
         shape: tuple[int, int],
+        device: torch.device,
     ):
         self.config = config
         self.current = row_params
         self.static = static
         self.order = order
         self.fitted: list[AffineParams] = []  # dynamic groups, in the order the loop fits them
-        self.codes = torch.zeros(shape, dtype=torch.int32)  # by position in the (permuted) loop
+        self.codes = torch.zeros(shape, dtype=torch.int32, device=device)  # by position in the (permuted) loop
 
     def params_for(self, position: int, weight: torch.Tensor) -> AffineParams:
         group_size = self.config.group_size
@@ -100,7 +101,7 @@ class _GroupParams:
     def group_params(self, columns: int) -> tuple[list[AffineParams], torch.Tensor | None]:
         """Return the parameters of every group and the group of each original column.
 
-        The column groups are None when group = column // group_size holds (no act-order, static
+        The column groups are None when group = column // group_size is true (no act-order, static
         groups, or a single group), because then nothing needs to be stored.
         """
         if self.config.group_size is None:
@@ -127,7 +128,7 @@ def gptq_quantize_weight(
 ) -> tuple[torch.Tensor, GPTQLayout]:
     """Quantize one linear's weight (rows, columns) with its Hessian; return float32 weights and the layout.
 
-    The layout's `packed` layer stores the codes, scales and zero points; its side data is
+    The layout's `packed` layer stores the codes, scales and zero points. Its side data is
     float16, so its `dequantize()` differs from the float32 weights returned here by that rounding.
     """
     work = weight.detach().float().clone()
@@ -144,7 +145,7 @@ def gptq_quantize_weight(
     if order is not None:
         work = work[:, order]
         hessian = hessian[order][:, order]
-    params = _GroupParams(config, row_params, static, order, (rows, columns))
+    params = _GroupParams(config, row_params, static, order, (rows, columns), work.device)
 
     factor = damped_inverse_factor(hessian, config.damping)
     quantized = columnwise_feedback(work, factor, config.block_size, params.quantize_column)

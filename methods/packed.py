@@ -3,7 +3,7 @@
 A packed layer holds only uint8 bit streams (methods.packing), float16 side data and, where a
 format needs them, small integer index arrays, all as persistent buffers, so its state dict is
 exactly what an artifact stores. `forward` rebuilds the float weight of one layer at a time and
-drops it afterwards, so the evaluated model never holds the dense weights of all layers.
+drops it afterwards, so the evaluated model never keeps the dense weights of all layers.
 
 Each class lists in `COMPONENTS` the storage component of every buffer, named as in the
 method's storage formula (methods.storage), so measured bytes can be set next to the formula.

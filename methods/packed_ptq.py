@@ -150,8 +150,11 @@ class PackedPBLLMLinear(PackedLinear):
     of each salient weight, packed at ceil(log2(columns)) bits, plus int32 row pointers),
     whichever the layout's formula found smaller. `signs` runs row-major over the binarized
     weights, `salient_codes` row-major over the salient ones. `binary_statistics` (rows, groups, 2)
-    holds the mean and scale of the binarized weights; `salient_scales` (rows, 2) holds the
+    holds the mean and scale of the binarized weights, and `salient_scales` (rows, 2) the
     scale and zero point of the salient quantizer.
+
+    NOTE: float16 represents every integer zero point exactly only up to 2048, so salient codes
+    wider than 11 bits get a rounded zero point. The model is frozen with that rounded value.
     """
 
     kind = "pbllm"
@@ -199,13 +202,14 @@ class PackedPBLLMLinear(PackedLinear):
 
     def dequantize(self) -> torch.Tensor:
         rows, columns = self.out_features, self.in_features
+        device = self.signs.device
         binarized = self.binarized_mask()
-        signs = torch.ones(rows, columns)
+        signs = torch.ones(rows, columns, device=device)
         signs[binarized] = unpack_signs(self.signs, rows * columns - self.salient_count)
-        codes = torch.zeros(rows, columns)
+        codes = torch.zeros(rows, columns, device=device)
         codes[~binarized] = unpack_codes(self.salient_codes, self.salient_count, self.salient_bits).float()
 
-        groups = torch.arange(columns) // self.group_size
+        groups = torch.arange(columns, device=device) // self.group_size
         statistics = self.binary_statistics.float()[:, groups]  # (rows, columns, 2)
         binary = statistics[..., 1] * signs + statistics[..., 0]
         scale, zero = self.salient_scales.float().unbind(dim=1)

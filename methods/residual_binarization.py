@@ -114,7 +114,7 @@ def select_block_masks(saliency: torch.Tensor, max_salient_columns: int, quantil
 
 @dataclass(frozen=True)
 class BinarizedBlock:
-    """What a packed format stores of one binarized block, all (rows, columns) unless noted."""
+    """The signs, masks and statistics a packed format stores of one binarized block, (rows, columns) unless noted."""
 
     signs: torch.Tensor  # the order-1 sign of every entry, from the part it belongs to
     residual_signs: torch.Tensor  # the order-2 sign; used on the salient columns only

@@ -37,7 +37,8 @@ def records(workspace) -> list[dict]:
 def test_quantize_then_eval_records_artifact(workspace, tiny_model_dir, method):
     target = workspace / "artifact"
     assert main(["quantize", "--methods", method, "--model", str(tiny_model_dir), "--config", "tiny.toml", "--save", str(target)]) == 0
-    assert (target / WEIGHTS_FILE).exists() and (target / CONFIG_FILE).exists()
+    assert (target / WEIGHTS_FILE).exists()
+    assert (target / CONFIG_FILE).exists()
     assert main(["eval", str(target), "--config", "tiny.toml"]) == 0
     (record,) = records(workspace)
     assert record["method"]["name"] == method
@@ -73,7 +74,8 @@ def test_run_stores_and_reuses_artifact(workspace, tiny_model_dir, isolated_cach
     arguments = ["run", "--methods", "rtn", "--model", str(tiny_model_dir), "--config", "tiny.toml"]
     assert main(arguments) == 0
     first = [record for record in records(workspace) if record["method"]["name"] == "rtn"]
-    assert len(first) == 1 and first[0]["storage_measured"]["source"] == "artifact"
+    assert len(first) == 1
+    assert first[0]["storage_measured"]["source"] == "artifact"
     assert list(isolated_cache.glob("runs/*/artifact/config.json"))
 
     (workspace / "results" / "records.jsonl").unlink()
