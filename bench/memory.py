@@ -9,6 +9,9 @@ and its evaluation cost. Linux reports ru_maxrss in KiB; it is converted to byte
 
 The probe runs as `python -m bench.memory --model SPEC | --artifact DIR ...` and prints one
 JSON line.
+
+NOTE: the probe evaluates on the CPU, so it measures host memory only, also on a machine with
+a GPU where `bench run` evaluates on the GPU.
 """
 
 from __future__ import annotations
