@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.packing import packed_size, unpack_signs
+from methods.packing import pack_signs, packed_size, unpack_signs
 
 STORAGE_DTYPE = torch.float16
 
