@@ -99,8 +99,6 @@ class PackedSignLinear(PackedLinear):
     @classmethod
     def from_binarized_linear(cls, linear: nn.Linear) -> "PackedSignLinear":
         """Pack a linear whose weight is already sign(W) * s per row, so every |w| of a row equals s."""
-        from methods.packing import pack_signs
-
         weight = linear.weight.detach().float()
         layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None)
         layer.signs.copy_(pack_signs(weight))
@@ -131,8 +129,6 @@ class PackedBinaryMoSLinear(PackedLinear):
 
     @classmethod
     def from_module(cls, module) -> "PackedBinaryMoSLinear":
-        from methods.packing import pack_signs
-
         layer = cls(module.in_features, module.out_features, module.bias is not None, module.num_experts)
         layer.signs.copy_(pack_signs(module.weight.detach()))
         layer.router.copy_(_float16(module.router.weight))
@@ -173,8 +169,6 @@ class PackedOneBitLinear(PackedLinear):
 
     @classmethod
     def from_module(cls, module) -> "PackedOneBitLinear":
-        from methods.packing import pack_signs
-
         layer = cls(module.in_features, module.out_features, module.bias is not None, module.norm.eps)
         layer.signs.copy_(pack_signs(module.weight.detach()))
         layer.in_scale.copy_(_float16(module.in_scale))
