@@ -2,10 +2,12 @@
 
 Protocol: a new Python process imports the harness and records its resident set size (RSS).
 It then loads the model (the reference from its spec, or a packed artifact) and scores
-`windows` perplexity windows. It reports its peak RSS as the kernel counts it: `ru_maxrss` of
-getrusage, the process's high-water mark. The peak includes the interpreter and the imported libraries,
+`windows` perplexity windows. It reports its peak RSS as the kernel counts it: VmHWM in /proc/self/status, the
+high-water mark of the process's memory since it started its program. The peak includes the interpreter and the imported libraries,
 which the baseline RSS shows; the difference between two models' peaks is what the model
-and its evaluation cost. Linux reports ru_maxrss in KiB; it is converted to bytes.
+and its evaluation cost. VmHWM is used rather than getrusage's ru_maxrss because Linux carries
+ru_maxrss over from the parent process across fork and exec, so a child of a large parent
+would report the parent's size.
 
 The probe runs as `python -m bench.memory --model SPEC | --artifact DIR ...` and prints one
 JSON line.
@@ -20,7 +22,6 @@ import argparse
 import json
 import logging
 import os
-import resource
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
@@ -29,7 +30,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 METRIC_NAME = "memory/peak_eval"
-MEASUREMENT = "ru_maxrss of a fresh subprocess that loads the model and scores perplexity windows"
+MEASUREMENT = "VmHWM (peak RSS) of a fresh subprocess that loads the model and scores perplexity windows"
 
 
 class MemoryProbeError(RuntimeError):
@@ -47,16 +48,21 @@ class MemoryProtocol:
     threads: int = 1
 
 
+def _status_bytes(field: str) -> int:
+    """Return a memory field of /proc/self/status (reported in kB) in bytes."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) * 1024
+    raise MemoryProbeError(f"/proc/self/status has no {field} line; the memory probe needs Linux.")
+
+
 def _rss_bytes() -> int:
-    """Return the current resident set size of this process in bytes (Linux /proc)."""
-    with open("/proc/self/statm") as handle:
-        pages = int(handle.read().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE")
+    return _status_bytes("VmRSS")
 
 
 def _peak_rss_bytes() -> int:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
+    return _status_bytes("VmHWM")
 
 
 def measure_peak_eval(protocol: MemoryProtocol, *, model: str | None = None, artifact: str | os.PathLike | None = None,

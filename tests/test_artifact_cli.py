@@ -98,4 +98,4 @@ def test_memory_metric_records_peak(workspace, tiny_model_dir):
         assert record["metric"]["name"] == "memory/peak_eval"
         protocol = record["metric"]["protocol"]
         assert record["value"] >= protocol["rss_after_load_bytes"] >= protocol["baseline_rss_bytes"] > 0
-        assert "ru_maxrss" in protocol["measurement"]
+        assert "VmHWM" in protocol["measurement"]
