@@ -3,9 +3,9 @@
 Protocol: a new Python process imports the harness and records its resident set size (RSS).
 It then loads the model (the reference from its spec, or a packed artifact) and scores
 `windows` perplexity windows. It reports its peak RSS as the kernel counts it: VmHWM in /proc/self/status, the
-high-water mark of the process's memory since it started its program. The peak includes the interpreter and the imported libraries,
-which the baseline RSS shows; the difference between two models' peaks is what the model
-and its evaluation cost. VmHWM is used rather than getrusage's ru_maxrss because Linux carries
+high-water mark of the process's memory since it started its program. The peak includes the interpreter and the libraries imported after
+the baseline is taken (torch and transformers, several hundred MiB), so compare the peaks of
+two models rather than reading one alone. VmHWM is used rather than getrusage's ru_maxrss because Linux carries
 ru_maxrss over from the parent process across fork and exec, so a child of a large parent
 would report the parent's size.
 
