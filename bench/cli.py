@@ -1,4 +1,4 @@
-"""The `bench` command line: run, report, list."""
+"""The `bench` command line: run, quantize, eval, report, list."""
 
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ EPILOG = """examples:
   bench run --methods binarymos,onebit          distill both methods on the default model (quick profile)
   bench run --methods rtn --profile full        whole evaluation sets
   bench run --methods binarymos --metrics ppl,zeroshot
+  bench run --methods gptq --metrics ppl,memory  also measure the peak memory of evaluation
+  bench quantize --methods rtn --save out/rtn   store a packed artifact
+  bench eval out/rtn --metrics ppl              measure a stored artifact
   bench report                                  rebuild leaderboard.md from results/
   bench list                                    show the registered methods
 """
@@ -32,7 +35,7 @@ def _add_run_parser(subparsers) -> None:
     selection = parser.add_argument_group("what to run")
     selection.add_argument("--methods", type=_split_list, required=True, metavar="A,B", help="comma-separated method names (see `bench list`)")
     selection.add_argument("--model", default="smollm2-135m", metavar="SPEC", help="model alias, Hugging Face id or local directory (default: smollm2-135m)")
-    selection.add_argument("--metrics", type=_split_list, default=["ppl"], metavar="A,B", help="ppl and/or zeroshot (default: ppl)")
+    selection.add_argument("--metrics", type=_split_list, default=["ppl"], metavar="A,B", help="ppl, zeroshot and/or memory (default: ppl)")
     settings = parser.add_argument_group("settings")
     settings.add_argument("--profile", default=None, metavar="NAME", help="quick (default), full or paper")
     settings.add_argument("--config", metavar="FILE", help="TOML or YAML file with keys profile, settings and methods.<name>")
@@ -43,6 +46,34 @@ def _add_run_parser(subparsers) -> None:
     locations.add_argument("--data-dir", metavar="DIR", help="local data directory (default: $BENCH_DATA_DIR, else the Hugging Face hub)")
     locations.add_argument("--results-dir", default="results", metavar="DIR", help="where result records are stored (default: results)")
     locations.add_argument("--leaderboard", default="leaderboard.md", metavar="FILE", help="leaderboard file to regenerate (default: leaderboard.md)")
+
+
+def _add_settings(parser) -> None:
+    settings = parser.add_argument_group("settings")
+    settings.add_argument("--profile", default=None, metavar="NAME", help="quick (default), full or paper")
+    settings.add_argument("--config", metavar="FILE", help="TOML or YAML file with keys profile, settings and methods.<name>")
+    settings.add_argument("--steps", type=int, metavar="N", help="distillation steps (overrides the profile)")
+    settings.add_argument("--lr", type=float, metavar="LR", help="distillation learning rate (overrides the profile)")
+    settings.add_argument("--data-dir", metavar="DIR", help="local data directory (default: $BENCH_DATA_DIR, else the Hugging Face hub)")
+
+
+def _add_quantize_parser(subparsers) -> None:
+    parser = subparsers.add_parser("quantize", help="quantize one method and save its packed artifact")
+    parser.add_argument("--methods", required=True, metavar="NAME", help="the method to quantize (see `bench list`)")
+    parser.add_argument("--model", default="smollm2-135m", metavar="SPEC", help="model alias, Hugging Face id or local directory (default: smollm2-135m)")
+    parser.add_argument("--save", required=True, type=Path, metavar="DIR", help="artifact directory to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing artifact at --save")
+    parser.add_argument("--dtype", default=None, metavar="DTYPE", help="compute dtype of the reference model (default: auto)")
+    _add_settings(parser)
+
+
+def _add_eval_parser(subparsers) -> None:
+    parser = subparsers.add_parser("eval", help="measure a stored artifact and record the results")
+    parser.add_argument("artifact", type=Path, metavar="DIR", help="artifact directory written by `bench quantize --save`")
+    parser.add_argument("--metrics", type=_split_list, default=["ppl"], metavar="A,B", help="ppl, zeroshot and/or memory (default: ppl)")
+    _add_settings(parser)
+    parser.add_argument("--results-dir", default="results", metavar="DIR", help="where result records are stored (default: results)")
+    parser.add_argument("--leaderboard", default="leaderboard.md", metavar="FILE", help="leaderboard file to regenerate (default: leaderboard.md)")
 
 
 def _add_report_parser(subparsers) -> None:
@@ -57,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_run_parser(subparsers)
+    _add_quantize_parser(subparsers)
+    _add_eval_parser(subparsers)
     _add_report_parser(subparsers)
     subparsers.add_parser("list", help="list the registered methods")
     return parser
@@ -95,10 +128,9 @@ def command_report(args) -> int:
     return 0
 
 
-def command_run(args) -> int:
-    from bench.console import console, results_table
+def _plan(args, model: str, method_names: list[str], metrics: list[str], method_options: dict | None = None):
     from bench.profiles import get_profile, read_config_file
-    from bench.runner import RunPlan, Runner
+    from bench.runner import RunPlan
 
     config = read_config_file(args.config) if args.config else None
     profile_name = args.profile or (config.profile if config else None) or "quick"
@@ -109,17 +141,59 @@ def command_run(args) -> int:
     if args.lr is not None:
         overrides["learning_rate"] = args.lr
     profile = profile.with_overrides(overrides)
-    plan = RunPlan(
-        model=args.model,
-        methods=args.methods,
+    options = dict(config.methods) if config else {}
+    options.update(method_options or {})
+    return RunPlan(
+        model=model,
+        methods=method_names,
         profile=profile,
-        metrics=args.metrics,
-        method_options=config.methods if config else {},
+        metrics=metrics,
+        method_options=options,
         data_dir=args.data_dir,
-        results_dir=Path(args.results_dir),
-        dtype=args.dtype,
+        results_dir=Path(getattr(args, "results_dir", "results")),
+        dtype=getattr(args, "dtype", None),
         command=shlex.join(["bench", *args.argv]),
     )
+
+
+def command_quantize(args) -> int:
+    from bench.artifacts import measured_storage
+    from bench.console import console
+    from bench.runner import Runner
+    from methods.base import ConfigError
+
+    names = _split_list(args.methods)
+    if len(names) != 1:
+        raise ConfigError(f"bench quantize takes one method, got {len(names)} ({args.methods}); run it once per method.")
+    path = Runner(_plan(args, args.model, names, [])).quantize_to(names[0], args.save, overwrite=args.overwrite)
+    report = measured_storage(path)
+    console.print(
+        f"Saved the {names[0]} artifact to {path}: {report.total_bytes / 1e6:.2f} MB stored, "
+        f"{report.bits_per_weight_linear:.3f} bits per quantized weight, {report.bits_per_weight_model:.3f} over the model."
+    )
+    return 0
+
+
+def command_eval(args) -> int:
+    from bench.artifacts import read_config
+    from bench.console import console, results_table
+    from bench.runner import Runner
+
+    config = read_config(args.artifact)
+    method = config["method"]
+    plan = _plan(args, config["base_model"], [method["name"]], args.metrics, {method["name"]: method["config"]})
+    keys = set(Runner(plan).evaluate_artifact(args.artifact))
+    records = _write_leaderboard(args.results_dir, args.leaderboard)
+    console.print(results_table([record for record in records if record["key"] in keys]))
+    console.print(f"Records in {args.results_dir}/records.jsonl; leaderboard written to {args.leaderboard}.")
+    return 0
+
+
+def command_run(args) -> int:
+    from bench.console import console, results_table
+    from bench.runner import Runner
+
+    plan = _plan(args, args.model, args.methods, args.metrics)
     keys = set(Runner(plan).run())
     records = _write_leaderboard(args.results_dir, args.leaderboard)
     console.print(results_table([record for record in records if record["key"] in keys]))
@@ -127,7 +201,13 @@ def command_run(args) -> int:
     return 0
 
 
-COMMANDS = {"run": command_run, "report": command_report, "list": command_list}
+COMMANDS = {
+    "run": command_run,
+    "quantize": command_quantize,
+    "eval": command_eval,
+    "report": command_report,
+    "list": command_list,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,14 +217,20 @@ def main(argv: list[str] | None = None) -> int:
     from bench.console import console, setup_logging
 
     setup_logging(args.verbose)
+    from bench.artifacts import ArtifactError
     from bench.data import DataNotFoundError
+    from bench.memory import MemoryProbeError
+    from methods.freezing import FreezeError
     from bench.distill import TrainingDivergedError
     from bench.models import ModelLoadError
     from bench.results import ResultsStoreError
     from bench.zeroshot.local_data import MalformedDataError
     from methods.base import ConfigError
 
-    user_errors = (ConfigError, DataNotFoundError, MalformedDataError, ModelLoadError, ResultsStoreError, TrainingDivergedError)
+    user_errors = (
+        ArtifactError, ConfigError, DataNotFoundError, FreezeError, MalformedDataError, MemoryProbeError,
+        ModelLoadError, ResultsStoreError, TrainingDivergedError,
+    )
     try:
         return COMMANDS[args.command](args)
     except user_errors as error:

@@ -46,7 +46,9 @@ class ResultRecord:
     profile: str | None = None
     training: dict | None = None
     calibration: dict | None = None
-    storage: dict | None = None
+    storage: dict | None = None  # the method's storage formula (StorageReport.to_dict, source "formula")
+    storage_measured: dict | None = None  # the same keys measured on the artifact, plus "artifact_bytes"
+    artifact: dict | None = None  # {"path", "sha256"} of the packed artifact the number was measured on
     environment: dict = field(default_factory=dict)
     command: str | None = None
     timestamp: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))

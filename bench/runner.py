@@ -21,9 +21,21 @@ import torch
 from safetensors.torch import load_model, save_model
 
 import methods
+from bench.artifacts import (
+    FORMAT_VERSION,
+    artifact_sha256,
+    check_model_identity,
+    copy_artifact,
+    load_artifact,
+    measured_storage,
+    measured_storage_dict,
+    read_config,
+    save_artifact,
+)
 from bench.distill import TrainingSettings, distill, remove_checkpoints
 from bench.environment import environment
-from bench.models import LoadedModel, check_model_spec, load_model as load_causal_lm
+from bench.memory import METRIC_NAME, MemoryProtocol, measure_peak_eval
+from bench.models import LoadedModel, ModelInfo, check_model_spec, load_model as load_causal_lm, resolve_model
 from bench.paths import runs_dir
 from bench.perplexity import PerplexityProtocol, evaluate_perplexity
 from bench.profiles import Profile
@@ -31,10 +43,11 @@ from bench.results import ResultRecord, ResultStore, record_key
 from bench.training_data import training_blocks
 from bench.training_plan import resolve_training
 from methods.base import ConfigError, Quantizer
+from methods.freezing import freeze
 
 logger = logging.getLogger(__name__)
 
-METRICS = ("ppl", "zeroshot")
+METRICS = ("ppl", "zeroshot", "memory")
 REFERENCE = "fp"
 
 
@@ -130,6 +143,10 @@ class Runner:
     def _jobs(self, quantizer: Quantizer, base: dict) -> list[MetricJob]:
         profile = self.plan.profile
         jobs = []
+        if quantizer.name != REFERENCE:
+            # Methods are measured on their packed artifact, whose float16 side data changes the
+            # numbers slightly, so records of the earlier dense-float models are not reused.
+            base = {**base, "storage_format": FORMAT_VERSION}
         stages = ["init", "final"] if quantizer.trains else ["final"]
         if "ppl" in self.plan.metrics:
             for stage in stages:
@@ -140,6 +157,12 @@ class Runner:
                     )
                     key = record_key({**base, "metric": "ppl", "protocol": asdict(protocol), "stage": stage})
                     jobs.append(MetricJob("ppl", stage, protocol, {dataset: key}))
+        if "memory" in self.plan.metrics:
+            protocol = MemoryProtocol(
+                dataset=profile.ppl_datasets[0], seqlen=profile.ppl_seqlen, batch_size=profile.eval_batch_size
+            )
+            key = record_key({**base, "metric": METRIC_NAME, "protocol": asdict(protocol)})
+            jobs.append(MetricJob("memory", "final", protocol, {METRIC_NAME: key}))
         if "zeroshot" in self.plan.metrics:
             protocol = _zeroshot_protocol(profile)
             # A local-file run and a hub run of the same task must not share a key.
@@ -243,6 +266,9 @@ class Runner:
                 n_samples=result.predicted_tokens, wall_time_s=round(result.wall_time_s, 2), **context,
             )
             return
+        if job.metric == "memory":
+            self._measure_memory(job, quantizer, context)
+            return
         zeroshot = _zeroshot_module()
         started = time.perf_counter()
         rows = zeroshot.evaluate_zeroshot(model, self.reference.tokenizer, job.protocol, self.plan.data_dir)
@@ -258,17 +284,147 @@ class Runner:
                 wall_time_s=elapsed, **context,
             )
 
-    def _run_method(self, quantizer: Quantizer) -> None:
+    def _artifact_dir(self, base: dict) -> Path:
+        return runs_dir() / record_key(base) / "artifact"
+
+    def _build_quantized(self, quantizer: Quantizer, context: dict):
+        """Return a quantized copy of the reference (calibrated when the method needs it)."""
+        model = copy.deepcopy(self.reference.model)
+        if quantizer.calibrates:
+            context["calibration"] = self._calibrate(quantizer, model)
+        else:
+            quantizer.quantize(model)
+        context["storage"] = quantizer.storage_report(model).to_dict()
+        return model
+
+    def _store_artifact(self, quantizer: Quantizer, model, artifact_dir: Path, context: dict) -> None:
+        """Freeze `model` into its packed form and save it; the caller drops the model afterwards."""
+        freeze(quantizer, model)
+        save_artifact(
+            model,
+            artifact_dir,
+            method=self._method_identity(quantizer),
+            model_identity=self._model_identity(),
+            base_model=self.plan.model,
+            storage_formula=context["storage"],
+            context={"training": context.get("training"), "calibration": context.get("calibration")},
+            overwrite=True,
+        )
+
+    def _load_stored(self, artifact_dir: Path, context: dict):
+        """Load a method's artifact and fill the record context from it; return the model."""
+        dtype = getattr(torch, self.reference.info.dtype)
+        loaded = load_artifact(artifact_dir, expected_model=self._model_identity(), dtype=dtype)
+        stored_context = loaded.config.get("context") or {}
+        context["training"] = stored_context.get("training", context.get("training"))
+        if stored_context.get("calibration") is not None:
+            context["calibration"] = stored_context["calibration"]
+        context["storage"] = loaded.config.get("storage_formula")
+        context["storage_measured"] = measured_storage_dict(artifact_dir, loaded.config)
+        context["artifact"] = {"path": str(artifact_dir), "sha256": artifact_sha256(artifact_dir)}
+        model = loaded.model
+        if torch.cuda.is_available():
+            model.to("cuda")
+        return model
+
+    def _run_reference(self, quantizer: Quantizer, pending: list[MetricJob], context: dict) -> None:
+        model = self.reference.model
+        context["storage"] = quantizer.storage_report(model).to_dict()
+        for job in pending:
+            self._measure(job, quantizer, model, context)
+
+    def _measure_memory(self, job: MetricJob, quantizer, context: dict) -> None:
+        (name, key), = job.keys.items()
+        if quantizer.name == REFERENCE:
+            target = {"model": self.plan.model, "dtype": self.plan.dtype}
+        else:
+            target = {"artifact": context["artifact"]["path"]}
+        started = time.perf_counter()
+        measured = measure_peak_eval(job.protocol, data_dir=self.plan.data_dir, **target)
+        protocol = {**measured["protocol"], "baseline_rss_bytes": measured["baseline_rss_bytes"],
+                    "rss_after_load_bytes": measured["rss_after_load_bytes"], "dtype": measured["dtype"]}
+        self._record(
+            key, quantizer, {"name": name, "protocol": protocol}, measured["peak_rss_bytes"], job.stage,
+            wall_time_s=round(time.perf_counter() - started, 2), **context,
+        )
+
+    def _base(self, quantizer: Quantizer) -> tuple[dict, tuple]:
+        """Return what identifies the method's model (its key parts) and its training inputs."""
         base = {"model": self._model_identity(), "method": self._method_identity(quantizer)}
-        settings = blocks = data_description = None
+        training = (None, None, None)
         if quantizer.trains:
-            settings, blocks, data_description = self._prepare_training(quantizer)
+            training = self._prepare_training(quantizer)
+            settings, _, data_description = training
             base["training"] = {**settings.to_dict(), "data": data_description}
         if quantizer.calibrates:
             profile = self.plan.profile
             base["calibration"] = {
                 "windows": profile.calibration_windows, "seqlen": profile.calibration_seqlen, "seed": profile.seed,
             }
+        return base, training
+
+    def _ensure_artifact(self, quantizer: Quantizer, base: dict, training: tuple) -> Path:
+        """Build and store the method's artifact in the cache unless it is there; return its directory."""
+        artifact_dir = self._artifact_dir(base)
+        if (artifact_dir / "config.json").exists():
+            logger.info("Reusing the %s artifact at %s", quantizer.name, artifact_dir)
+            return artifact_dir
+        context: dict = {"training": base.get("training")}
+        model = self._build_quantized(quantizer, context)
+        if quantizer.trains:
+            settings, blocks, data_description = training
+            context["training"] = self._distill(quantizer, model, settings, blocks, data_description, record_key(base))
+        self._store_artifact(quantizer, model, artifact_dir, context)
+        del model
+        gc.collect()
+        return artifact_dir
+
+    def quantize_to(self, method: str, directory: Path, overwrite: bool = False) -> Path:
+        """Build `method`'s artifact (or reuse the cached one) and copy it to `directory`."""
+        quantizer = self.quantizers[methods.resolve(method).name]
+        if quantizer.name == REFERENCE:
+            raise ConfigError("fp is the unquantized reference and has no packed artifact; choose a quantization method.")
+        if directory.exists() and not overwrite:
+            raise ConfigError(f"{directory} already exists; choose another directory or pass --overwrite.")
+        check_model_spec(self.plan.model)
+        _check_data(self.plan, {quantizer.name: quantizer})
+        self.reference = load_causal_lm(self.plan.model, self.plan.dtype)
+        base, training = self._base(quantizer)
+        return copy_artifact(self._ensure_artifact(quantizer, base, training), directory)
+
+    def evaluate_artifact(self, directory: Path) -> list[str]:
+        """Measure the plan's metrics on a stored artifact and return the keys of its records.
+
+        The plan's model must be the artifact's base model and its only method the artifact's.
+        """
+        config = read_config(directory)
+        name, location, revision, origin = resolve_model(self.plan.model)
+        check_model_identity(config, {"name": name, "revision": None if revision == "hub" else revision}, directory)
+        quantizer = self.quantizers[config["method"]["name"]]
+        _check_data(self.plan, {})
+        from transformers import AutoTokenizer
+
+        measured = measured_storage(directory, config)
+        info = ModelInfo(
+            name=config["model"]["name"], source=location, revision=config["model"]["revision"],
+            dtype=config["model"].get("dtype") or "float32", origin=origin,
+            num_parameters=measured.quantized_weights + measured.kept_parameters,
+        )
+        self.reference = LoadedModel(model=None, tokenizer=AutoTokenizer.from_pretrained(location), info=info)
+        base = {"model": self._model_identity(), "method": self._method_identity(quantizer),
+                "artifact_sha256": artifact_sha256(directory)}
+        jobs = [job for job in self._jobs(quantizer, base) if job.stage == "final"]
+        keys = [key for job in jobs for key in job.keys.values()]
+        pending = [job for job in jobs if self._missing(job)]
+        if pending:
+            context: dict = {}
+            model = self._load_stored(directory, context)
+            for job in pending:
+                self._measure(job, quantizer, model, context)
+        return keys
+
+    def _run_method(self, quantizer: Quantizer) -> None:
+        base, (settings, blocks, data_description) = self._base(quantizer)
         jobs = self._jobs(quantizer, base)
         self.covered.extend(key for job in jobs for key in job.keys.values())
         pending = [job for job in jobs if self._missing(job)]
@@ -278,26 +434,34 @@ class Runner:
 
         context: dict = {"training": base.get("training")}
         if quantizer.name == REFERENCE:
-            model = self.reference.model
-        else:
-            model = copy.deepcopy(self.reference.model)
-            if quantizer.calibrates:
-                context["calibration"] = self._calibrate(quantizer, model)
-            else:
-                quantizer.quantize(model)
-        context["storage"] = quantizer.storage_report(model).to_dict()
+            self._run_reference(quantizer, pending, context)
+            return
 
-        for job in pending:
-            if job.stage == "init":
-                self._measure(job, quantizer, model, context)
+        # Final metrics are measured on the model reloaded from its packed artifact, which is
+        # built once (quantize, calibrate or distill, then freeze) and reused by later runs.
+        init_jobs = [job for job in pending if job.stage == "init"]
         final_jobs = [job for job in pending if job.stage == "final"]
-        if final_jobs and quantizer.trains:
-            training_key = record_key(base)
-            context["training"] = self._distill(quantizer, model, settings, blocks, data_description, training_key)
-        for job in final_jobs:
-            self._measure(job, quantizer, model, context)
+        artifact_dir = self._artifact_dir(base)
+        needs_artifact = bool(final_jobs) and not (artifact_dir / "config.json").exists()
+        if init_jobs or needs_artifact:
+            model = self._build_quantized(quantizer, context)
+            for job in init_jobs:
+                self._measure(job, quantizer, model, context)
+            if needs_artifact:
+                if quantizer.trains:
+                    context["training"] = self._distill(
+                        quantizer, model, settings, blocks, data_description, record_key(base)
+                    )
+                self._store_artifact(quantizer, model, artifact_dir, context)
+            del model
+            gc.collect()
+        elif final_jobs:
+            logger.info("Reusing the %s artifact at %s", quantizer.name, artifact_dir)
 
-        if model is not self.reference.model:
+        if final_jobs:
+            model = self._load_stored(artifact_dir, context)
+            for job in final_jobs:
+                self._measure(job, quantizer, model, context)
             del model
             gc.collect()
 

@@ -77,6 +77,14 @@ class Quantizer:
         """Return a `methods.storage.StorageReport` of the quantized `model` from the method's formula."""
         raise NotImplementedError
 
+    def pack(self, model: nn.Module) -> int:
+        """Replace the quantized layers of `model` with packed layers (methods.packed) in place.
+
+        Return how many layers were packed. Called by methods.freezing.freeze after `quantize`
+        (and distillation), so the evaluated model is the stored model.
+        """
+        raise ConfigError(f"{self.name} has no packed storage format.")
+
     def trainable_parameters(self, model: nn.Module) -> list[nn.Parameter]:
         """Mark which parameters train during distillation and return them (QAT methods)."""
         raise NotImplementedError(f"{self.name} is not trained")

@@ -11,7 +11,7 @@ Defaults follow the reference code and its published runs: block size 128, dampi
 Hessian saliency metric, up to 49 salient columns per block, split points at the 81 quantiles
 from 10% to 90%, one Hessian pass per layer (not true-sequential).
 
-The quantized weights are simulated: see methods.ptq.
+Each linear is stored as a methods.packed_ptq.PackedBiLLMLinear: see methods.ptq.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from methods.base import ConfigError, MethodConfig
 from methods.gptq_core import blockwise_feedback, damped_inverse_factor, hessian_saliency, mask_dead_columns
 from methods.ptq import CalibratedQuantizer
 from methods.ptq_layouts import BiLLMLayout
-from methods.residual_binarization import binarize_block, select_block_masks
+from methods.packed_ptq import pack_billm
+from methods.residual_binarization import binarize_block_parts, select_block_masks
 from methods.validation import require_bool, require_choice, require_int, require_open_fraction, require_positive_float
 
 SALIENT_METRICS = ("hessian", "magnitude")
@@ -75,6 +76,7 @@ def billm_quantize_weight(
     quantiles = config.split_quantiles()
     block_columns: list[int] = []
     salient_columns: list[int] = []
+    parts = []
 
     def quantize_block(start: int, end: int, block: torch.Tensor) -> torch.Tensor:
         if config.salient_metric == "hessian":
@@ -84,12 +86,24 @@ def billm_quantize_weight(
         masks = select_block_masks(saliency, config.max_salient_columns, quantiles)
         block_columns.append(end - start)
         salient_columns.append(masks.salient_columns)
-        return binarize_block(block, masks)
+        quantized_block, block_parts = binarize_block_parts(block, masks)
+        parts.append(block_parts)
+        return quantized_block
 
     quantized = blockwise_feedback(
         work, factor, config.block_size, quantize_block, compensate=config.error_compensation
     )
-    layout = BiLLMLayout(rows=work.shape[0], block_columns=tuple(block_columns), salient_columns=tuple(salient_columns))
+    packed = pack_billm(
+        signs=torch.cat([part.signs for part in parts], dim=1),
+        residual_signs=torch.cat([part.residual_signs for part in parts], dim=1),
+        high=torch.cat([part.high for part in parts], dim=1),
+        salient=torch.cat([part.salient_columns for part in parts]),
+        statistics=torch.stack([part.statistics for part in parts], dim=1),
+        block_size=config.block_size,
+    )
+    layout = BiLLMLayout(
+        rows=work.shape[0], block_columns=tuple(block_columns), salient_columns=tuple(salient_columns), packed=packed
+    )
     return quantized, layout
 
 

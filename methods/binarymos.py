@@ -21,7 +21,8 @@ from torch import nn
 
 from methods.base import ConfigError, MethodConfig, Quantizer, TrainingDefaults
 from methods.losses import hidden_mse_sum, logits_kl_batchmean
-from methods.modules import replace_decoder_linears
+from methods.modules import replace_decoder_linears, replace_modules
+from methods.packed import PackedBinaryMoSLinear
 from methods.primitives import ClippedSignSTE, SignCache, binary_sign, rank1_svd_scales
 from methods.storage import FLOAT_BITS, report_for_layers
 
@@ -156,6 +157,10 @@ class BinaryMoS(Quantizer):
         experts = self.config.num_experts
         replace_decoder_linears(model, lambda name, linear: BinaryMoSLinear.from_linear(linear, experts))
         return model
+
+    @torch.no_grad()
+    def pack(self, model: nn.Module) -> int:
+        return replace_modules(model, lambda module: PackedBinaryMoSLinear.from_module(module) if isinstance(module, BinaryMoSLinear) else None)
 
     def storage_report(self, model: nn.Module):
         def layer_bits(module):

@@ -11,7 +11,7 @@ act-order when act-order is on. With static groups, they are fitted once on the 
 weights in the original column order. A group size that does not divide the number of input
 columns leaves a shorter last group.
 
-The quantized weights are simulated: see methods.ptq.
+Each linear is stored as a methods.packed_ptq.PackedGPTQLinear: see methods.ptq.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from methods.gptq_core import (
 )
 from methods.ptq import CalibratedQuantizer
 from methods.ptq_layouts import GPTQLayout
-from methods.uniform import AffineParams, fake_quantize, fit_minmax
+from methods.packed_ptq import pack_gptq
+from methods.uniform import AffineParams, dequantize_codes, fit_minmax, quantize_codes
 from methods.validation import require_bool, require_int, require_positive_float
 
 
@@ -60,7 +61,7 @@ class GPTQConfig(MethodConfig):
 
 
 class _GroupParams:
-    """Chooses the scale and zero point of each column during the GPTQ loop."""
+    """Chooses the scale and zero point of each column during the GPTQ loop and records the codes."""
 
     def __init__(
         self,
@@ -68,11 +69,15 @@ class _GroupParams:
         row_params: AffineParams,
         static: list[AffineParams] | None,
         order: torch.Tensor | None,
+        shape: tuple[int, int],
+        device: torch.device,
     ):
         self.config = config
         self.current = row_params
         self.static = static
         self.order = order
+        self.fitted: list[AffineParams] = []  # dynamic groups, in the order the loop fits them
+        self.codes = torch.zeros(shape, dtype=torch.int32, device=device)  # by position in the (permuted) loop
 
     def params_for(self, position: int, weight: torch.Tensor) -> AffineParams:
         group_size = self.config.group_size
@@ -84,11 +89,29 @@ class _GroupParams:
         if position % group_size == 0:
             group = weight[:, position : position + group_size]
             self.current = fit_minmax(group, self.config.bits, self.config.symmetric)
+            self.fitted.append(self.current)
         return self.current
 
     def quantize_column(self, position: int, column: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         params = self.params_for(position, weight)
-        return fake_quantize(column.unsqueeze(1), params).squeeze(1)
+        codes = quantize_codes(column.unsqueeze(1), params)
+        self.codes[:, position] = codes.squeeze(1).to(torch.int32)
+        return dequantize_codes(codes, params).squeeze(1)
+
+    def group_params(self, columns: int) -> tuple[list[AffineParams], torch.Tensor | None]:
+        """Return the parameters of every group and the group of each original column.
+
+        The column groups are None when group = column // group_size is true (no act-order, static
+        groups, or a single group), because then nothing needs to be stored.
+        """
+        if self.config.group_size is None:
+            return [self.current], None
+        if self.static is not None:
+            return self.static, None
+        if self.order is None or len(self.fitted) == 1:
+            return self.fitted, None
+        positions = torch.argsort(self.order)
+        return self.fitted, positions // self.config.group_size
 
 
 def _static_group_params(weight: torch.Tensor, config: GPTQConfig) -> list[AffineParams] | None:
@@ -103,7 +126,11 @@ def _static_group_params(weight: torch.Tensor, config: GPTQConfig) -> list[Affin
 def gptq_quantize_weight(
     weight: torch.Tensor, hessian: torch.Tensor, config: GPTQConfig
 ) -> tuple[torch.Tensor, GPTQLayout]:
-    """Quantize one linear's weight (rows, columns) with its Hessian; return float32 weights and the layout."""
+    """Quantize one linear's weight (rows, columns) with its Hessian; return float32 weights and the layout.
+
+    The layout's `packed` layer stores the codes, scales and zero points. Its side data is
+    float16, so its `dequantize()` differs from the float32 weights returned here by that rounding.
+    """
     work = weight.detach().float().clone()
     hessian = hessian.detach().float().clone()
     rows, columns = work.shape
@@ -118,14 +145,27 @@ def gptq_quantize_weight(
     if order is not None:
         work = work[:, order]
         hessian = hessian[order][:, order]
-    params = _GroupParams(config, row_params, static, order)
+    params = _GroupParams(config, row_params, static, order, (rows, columns), work.device)
 
     factor = damped_inverse_factor(hessian, config.damping)
     quantized = columnwise_feedback(work, factor, config.block_size, params.quantize_column)
+    codes = params.codes
     if order is not None:
-        quantized = quantized[:, torch.argsort(order)]
+        inverse = torch.argsort(order)
+        quantized = quantized[:, inverse]
+        codes = codes[:, inverse]
 
     group_size = min(config.group_size or columns, columns)
+    groups, column_groups = params.group_params(columns)
+    packed = pack_gptq(
+        codes,
+        torch.cat([group.scale for group in groups], dim=1),
+        torch.cat([group.zero for group in groups], dim=1),
+        column_groups,
+        bits=config.bits,
+        group_size=group_size,
+        symmetric=config.symmetric,
+    )
     layout = GPTQLayout(
         rows=rows,
         columns=columns,
@@ -133,6 +173,7 @@ def gptq_quantize_weight(
         group_size=group_size,
         symmetric=config.symmetric,
         group_indices=config.act_order and not config.static_groups and group_size < columns,
+        packed=packed,
     )
     return quantized, layout
 

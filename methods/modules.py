@@ -60,3 +60,15 @@ def replace_decoder_linears(model: nn.Module, build: Callable[[str, nn.Linear], 
         logger.warning("No decoder linear layers were found to replace; check the model architecture.")
     logger.info("Replaced %d decoder linear layers; embeddings, norms and lm_head are unchanged.", len(targets))
     return len(targets)
+
+
+def replace_modules(model: nn.Module, build: Callable[[nn.Module], nn.Module | None]) -> int:
+    """Replace every submodule for which `build(module)` returns a module; return how many were replaced."""
+    replacements = {}
+    for name, module in model.named_modules():
+        replacement = build(module)
+        if replacement is not None:
+            replacements[name] = replacement
+    for name, replacement in replacements.items():
+        set_submodule(model, name, replacement)
+    return len(replacements)

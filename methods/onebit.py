@@ -20,7 +20,8 @@ from torch import nn
 
 from methods.base import ConfigError, MethodConfig, Quantizer, TrainingDefaults
 from methods.losses import logits_kl_batchmean, normalized_hidden_distance_sum
-from methods.modules import replace_decoder_linears
+from methods.modules import replace_decoder_linears, replace_modules
+from methods.packed import PackedOneBitLinear
 from methods.primitives import SignCache, TanhSignSTE, binary_sign, rank1_nmf_scales, rank1_svd_scales
 from methods.storage import FLOAT_BITS, report_for_layers
 
@@ -118,6 +119,10 @@ class OneBit(Quantizer):
     def quantize(self, model: nn.Module, calibration=None) -> nn.Module:
         replace_decoder_linears(model, lambda name, linear: OneBitLinear.from_linear(linear, self.config))
         return model
+
+    @torch.no_grad()
+    def pack(self, model: nn.Module) -> int:
+        return replace_modules(model, lambda module: PackedOneBitLinear.from_module(module) if isinstance(module, OneBitLinear) else None)
 
     def storage_report(self, model: nn.Module):
         def layer_bits(module):

@@ -12,11 +12,12 @@ Defaults follow the reference code: binarized fraction 0.9 (PB-LLM's 10% salient
 layer. The salient metric defaults to "hessian", which the reference's LLaMA-7B runs pass
 (its command-line default is "magnitude").
 
-The quantized weights are simulated: see methods.ptq.
+Each linear is stored as a methods.packed_ptq.PackedPBLLMLinear: see methods.ptq.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -32,7 +33,9 @@ from methods.gptq_core import (
 from methods.partial_binarization import STATISTICS, binarization_statistics, binarized_mask, mean_shifted_sign
 from methods.ptq import CalibratedQuantizer
 from methods.ptq_layouts import PBLLMLayout
-from methods.uniform import fake_quantize, fit_minmax
+from methods.packed_ptq import pack_pbllm
+from methods.primitives import binary_sign
+from methods.uniform import dequantize_codes, fit_minmax, quantize_codes
 from methods.validation import require_bool, require_choice, require_int, require_open_fraction, require_positive_float
 
 SALIENT_METRICS = ("hessian", "magnitude")
@@ -92,10 +95,15 @@ def pbllm_quantize_weight(
         means.append(mean.squeeze(1))
         scales.append(scale.squeeze(1))
 
+    signs = torch.ones_like(work)
+    codes = torch.zeros_like(work)
+
     def quantize_column(position: int, column: torch.Tensor, _weight: torch.Tensor) -> torch.Tensor:
         group = position // group_size
+        signs[:, position] = binary_sign(column - means[group])
         binary = mean_shifted_sign(column, means[group], scales[group])
-        salient = fake_quantize(column.unsqueeze(1), salient_params).squeeze(1)
+        codes[:, position] = quantize_codes(column.unsqueeze(1), salient_params).squeeze(1)
+        salient = dequantize_codes(codes[:, position : position + 1], salient_params).squeeze(1)
         return torch.where(binarized[:, position], binary, salient)
 
     quantized = columnwise_feedback(work, factor, config.block_size, quantize_column)
@@ -106,7 +114,19 @@ def pbllm_quantize_weight(
         salient_bits=config.salient_bits,
         groups=len(means),
     )
-    return quantized, layout
+    packed = pack_pbllm(
+        signs,
+        codes,
+        binarized,
+        torch.stack(means, dim=1),
+        torch.stack(scales, dim=1),
+        salient_params.scale.squeeze(1),
+        salient_params.zero.squeeze(1),
+        salient_bits=config.salient_bits,
+        group_size=group_size,
+        index_format=layout.index_format,
+    )
+    return quantized, dataclasses.replace(layout, packed=packed)
 
 
 class PBLLM(CalibratedQuantizer):

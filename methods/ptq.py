@@ -4,13 +4,15 @@ A subclass implements `quantize_weight(weight, hessian) -> (quantized weight, la
 linear. This base runs the engine, writes each quantized weight back and keeps each linear's
 layout for the storage report.
 
-NOTE: the quantized weights are simulated. They are written back as dequantized floats in the
-model's dtype until a packed storage format exists; the storage report counts the bits of the
-method's packed layout (methods.ptq_layouts), not the bytes held in memory.
+Each layout carries the packed layer of its linear (methods.packed_ptq). `quantize` writes that
+layer's dequantized weight back into the nn.Linear, so later layers calibrate on the weights
+that are stored, with their float16 side data. `pack` then swaps every linear for its packed
+layer, which holds only the packed bits and side data.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any, Protocol
 
@@ -19,7 +21,7 @@ from torch import nn
 
 from methods.base import Quantizer
 from methods.calibration_engine import CalibrationStats, calibrate_sequentially, validate_calibration
-from methods.modules import decoder_linears
+from methods.modules import decoder_linears, set_submodule
 from methods.storage import StorageReport, report_for_layers
 
 logger = logging.getLogger(__name__)
@@ -40,7 +42,7 @@ class CalibratedQuantizer(Quantizer):
         self.calibration_stats: CalibrationStats | None = None
 
     def quantize_weight(self, weight: torch.Tensor, hessian: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        """Return the quantized (dequantized float32) weight and its storage layout."""
+        """Return the quantized (dequantized float32) weight and its storage layout with the packed layer."""
         raise NotImplementedError
 
     @torch.no_grad()
@@ -48,8 +50,8 @@ class CalibratedQuantizer(Quantizer):
         windows = validate_calibration(calibration, self.name)
 
         def quantize_linear(name: str, linear: nn.Linear, hessian: torch.Tensor) -> None:
-            quantized, layout = self.quantize_weight(linear.weight.detach(), hessian)
-            linear.weight.copy_(quantized.to(linear.weight.dtype))
+            _, layout = self.quantize_weight(linear.weight.detach(), hessian)
+            linear.weight.copy_(layout.packed.dequantize().to(linear.weight.dtype))
             self.layouts[name] = layout
 
         self.layouts = {}
@@ -62,14 +64,27 @@ class CalibratedQuantizer(Quantizer):
         )
         return model
 
-    def storage_report(self, model: nn.Module) -> StorageReport:
-        linears = decoder_linears(model)
+    def _require_layouts(self, linears: dict[str, nn.Module]) -> None:
         missing = [name for name in linears if name not in self.layouts]
         if missing:
             raise RuntimeError(
                 f"{self.name} has no storage layout for {len(missing)} decoder linear(s), such as "
                 f"{missing[0]}: call quantize(model, calibration) with this quantizer first."
             )
+
+    @torch.no_grad()
+    def pack(self, model: nn.Module) -> int:
+        linears = decoder_linears(model)
+        self._require_layouts(linears)
+        for name, linear in linears.items():
+            packed = copy.deepcopy(self.layouts[name].packed)
+            packed.set_bias(linear.bias)
+            set_submodule(model, name, packed)
+        return len(linears)
+
+    def storage_report(self, model: nn.Module) -> StorageReport:
+        linears = decoder_linears(model)
+        self._require_layouts(linears)
         layouts_by_module = {id(linear): self.layouts[name] for name, linear in linears.items()}
 
         def layer_bits(module: nn.Module):

@@ -1,6 +1,6 @@
 """Storage layouts of the post-training methods and the bits each one stores.
 
-Each layout describes what a packed format of one quantized linear would hold, and
+Each layout describes what the packed format of one quantized linear holds, and
 `bit_counts()` returns its bits by component plus the number of weights it replaces under the
 key "weights" (the contract of methods.storage.report_for_layers). Side data (scales, zero
 points, means, group indices) is counted at methods.storage.FLOAT_BITS (16) bits each. The
@@ -11,7 +11,8 @@ statistics, PB-LLM's salient indices, GPTQ's scales, zero points and act-order g
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from methods.storage import FLOAT_BITS
 
@@ -38,6 +39,8 @@ class GPTQLayout:
     group_size: int  # the columns per group; equal to `columns` for one group per row
     symmetric: bool
     group_indices: bool
+    # The packed layer (methods.packed_ptq) holding these bits; None for a layout built by hand.
+    packed: Any = field(default=None, compare=False, repr=False)
 
     @property
     def groups(self) -> int:
@@ -71,6 +74,8 @@ class BiLLMLayout:
     rows: int
     block_columns: tuple[int, ...]  # width of each block
     salient_columns: tuple[int, ...]  # salient columns chosen in each block
+    # The packed layer (methods.packed_ptq) holding these bits; None for a layout built by hand.
+    packed: Any = field(default=None, compare=False, repr=False)
 
     STATISTICS_PER_ROW = 8  # (mean, scale) x 4 binarized parts
 
@@ -102,6 +107,8 @@ class PBLLMLayout:
     salient_count: int
     salient_bits: int
     groups: int
+    # The packed layer (methods.packed_ptq) holding these bits; None for a layout built by hand.
+    packed: Any = field(default=None, compare=False, repr=False)
 
     @property
     def index_format(self) -> str:

@@ -39,23 +39,44 @@ class BlockMasks:
     salient_columns: int
 
 
+@dataclass(frozen=True)
+class BinarizedTerm:
+    """One order of a residual binarization: per-row mean and scale (rows, 1) and the signs."""
+
+    mean: torch.Tensor
+    scale: torch.Tensor
+    signs: torch.Tensor  # +1 / -1 over the whole matrix; only the masked entries are used
+
+
+def residual_terms(values: torch.Tensor, mask: torch.Tensor, order: int) -> tuple[torch.Tensor, list[BinarizedTerm]]:
+    """Binarize the masked entries of `values` per row with `order` residual terms.
+
+    Returns the approximation (0 outside the mask) and the terms it is the sum of, so a packed
+    format can store the signs and statistics that reproduce it.
+    """
+    weights = mask.to(values.dtype)
+    count = weights.sum(dim=-1, keepdim=True).clamp_min(1)
+    target = values * weights
+    approximation = torch.zeros_like(target)
+    terms = []
+    for _ in range(order):
+        residual = target - approximation
+        mean = residual.sum(dim=-1, keepdim=True) / count
+        centered = residual - mean
+        scale = (centered.abs() * weights).sum(dim=-1, keepdim=True) / count
+        signs = binary_sign(centered)
+        approximation = approximation + (scale * signs + mean) * weights
+        terms.append(BinarizedTerm(mean=mean, scale=scale, signs=signs))
+    return approximation, terms
+
+
 def residual_binarize(values: torch.Tensor, mask: torch.Tensor, order: int) -> torch.Tensor:
     """Binarize the masked entries of `values` (rows, columns) per row with `order` residual terms.
 
     `mask` broadcasts against `values` and may carry leading candidate dimensions, for example
     (candidates, 1, columns). The result has the broadcast shape and is 0 outside the mask.
     """
-    weights = mask.to(values.dtype)
-    count = weights.sum(dim=-1, keepdim=True).clamp_min(1)
-    target = values * weights
-    approximation = torch.zeros_like(target)
-    for _ in range(order):
-        residual = target - approximation
-        mean = residual.sum(dim=-1, keepdim=True) / count
-        centered = residual - mean
-        scale = (centered.abs() * weights).sum(dim=-1, keepdim=True) / count
-        approximation = approximation + (scale * binary_sign(centered) + mean) * weights
-    return approximation
+    return residual_terms(values, mask, order)[0]
 
 
 def search_salient_columns(saliency: torch.Tensor, max_columns: int) -> torch.Tensor:
@@ -91,10 +112,38 @@ def select_block_masks(saliency: torch.Tensor, max_salient_columns: int, quantil
     return BlockMasks(salient=salient, low=low, high=high, salient_columns=int(column_mask.sum()))
 
 
+@dataclass(frozen=True)
+class BinarizedBlock:
+    """The signs, masks and statistics a packed format stores of one binarized block, (rows, columns) unless noted."""
+
+    signs: torch.Tensor  # the order-1 sign of every entry, from the part it belongs to
+    residual_signs: torch.Tensor  # the order-2 sign; used on the salient columns only
+    high: torch.Tensor  # True for the non-salient entries of the high-magnitude group
+    salient_columns: torch.Tensor  # (columns,) boolean
+    statistics: torch.Tensor  # (rows, 8): mean and scale of salient order 1, order 2, low, high
+
+
+def binarize_block_parts(block: torch.Tensor, masks: BlockMasks) -> tuple[torch.Tensor, BinarizedBlock]:
+    """Binarize a block like `binarize_block` and also return the signs and statistics it used."""
+    salient, (first, second) = residual_terms(block, masks.salient, 2)
+    low, (low_term,) = residual_terms(block, masks.low, 1)
+    high, (high_term,) = residual_terms(block, masks.high, 1)
+    signs = torch.where(masks.salient, first.signs, torch.where(masks.high, high_term.signs, low_term.signs))
+    statistics = torch.cat(
+        [first.mean, first.scale, second.mean, second.scale, low_term.mean, low_term.scale,
+         high_term.mean, high_term.scale],
+        dim=1,
+    )
+    parts = BinarizedBlock(
+        signs=signs,
+        residual_signs=second.signs,
+        high=masks.high,
+        salient_columns=masks.salient[0].clone(),
+        statistics=statistics,
+    )
+    return salient + low + high, parts
+
+
 def binarize_block(block: torch.Tensor, masks: BlockMasks) -> torch.Tensor:
     """Binarize a block of real weights with its masks: salient columns at order 2, the two groups at order 1."""
-    return (
-        residual_binarize(block, masks.salient, 2)
-        + residual_binarize(block, masks.low, 1)
-        + residual_binarize(block, masks.high, 1)
-    )
+    return binarize_block_parts(block, masks)[0]

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from methods.base import MethodConfig, Quantizer
-from methods.modules import decoder_linears
+from methods.modules import decoder_linears, set_submodule
+from methods.packed import PackedSignLinear
 from methods.primitives import binary_sign, row_mean_abs
 from methods.storage import FLOAT_BITS, report_for_layers
 
@@ -24,12 +25,18 @@ class SignRTN(Quantizer):
 
     @torch.no_grad()
     def quantize(self, model: nn.Module, calibration=None) -> nn.Module:
-        # NOTE: the binarized weight is written back as dense floats; packed 1-bit storage
-        # of this method is not implemented yet.
+        # The binarized weight is written back as dense floats; `pack` stores it as signs and scales.
         for linear in decoder_linears(model).values():
             weight = linear.weight
             weight.copy_(binary_sign(weight) * row_mean_abs(weight))
         return model
+
+    @torch.no_grad()
+    def pack(self, model: nn.Module) -> int:
+        linears = decoder_linears(model)
+        for name, linear in linears.items():
+            set_submodule(model, name, PackedSignLinear.from_binarized_linear(linear))
+        return len(linears)
 
     def storage_report(self, model: nn.Module):
         linears = {id(linear) for linear in decoder_linears(model).values()}

@@ -5,8 +5,9 @@
 - `bits_per_weight_model`: all bits of the model (quantized layers plus the layers kept in
   floating point, counted at `kept_bits` each) over all parameters of the original model.
 
-Counts here come from a method's storage formula. Side data is counted at 16 bits, the
-precision the packed format stores it in.
+Counts come from a method's storage formula, or from the tensors of a stored artifact
+(bench.artifacts.measured_storage). Side data is counted at 16 bits, the precision the packed
+format stores it in.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class StorageReport:
     quantized_weights: int = 0  # number of weights in the quantized linear layers
     kept_parameters: int = 0  # parameters left in floating point (embeddings, norms, lm_head)
     kept_bits: int = FLOAT_BITS
+    source: str = "formula"  # "formula": from the method's formula; "artifact": measured on a stored artifact
 
     def add(self, component: str, bits: int) -> None:
         self.components[component] = self.components.get(component, 0) + int(bits)
@@ -57,7 +59,7 @@ class StorageReport:
             "bits_per_weight_linear": self.bits_per_weight_linear,
             "bits_per_weight_model": self.bits_per_weight_model,
             "total_bytes": self.total_bytes,
-            "source": "formula",
+            "source": self.source,
         }
 
 

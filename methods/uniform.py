@@ -45,7 +45,16 @@ def fit_minmax(weight: torch.Tensor, bits: int, symmetric: bool = False) -> Affi
     return AffineParams(scale=scale.unsqueeze(1), zero=zero.unsqueeze(1), max_code=max_code)
 
 
+def quantize_codes(values: torch.Tensor, params: AffineParams) -> torch.Tensor:
+    """Return the integer codes (as floats) of `values` (rows, k) under per-row `params`."""
+    return torch.clamp(torch.round(values / params.scale) + params.zero, 0, params.max_code)
+
+
+def dequantize_codes(codes: torch.Tensor, params: AffineParams) -> torch.Tensor:
+    """Return the values s * (q - z) of `codes` (rows, k) under per-row `params`."""
+    return params.scale * (codes - params.zero)
+
+
 def fake_quantize(values: torch.Tensor, params: AffineParams) -> torch.Tensor:
     """Quantize `values` (rows, k) with per-row `params` and return the dequantized floats."""
-    codes = torch.clamp(torch.round(values / params.scale) + params.zero, 0, params.max_code)
-    return params.scale * (codes - params.zero)
+    return dequantize_codes(quantize_codes(values, params), params)
