@@ -16,6 +16,7 @@ EPILOG = """examples:
   bench run --methods binarymos,onebit          distill both methods on the default model (quick profile)
   bench run --methods rtn --profile full        whole evaluation sets
   bench run --methods binarymos --metrics ppl,zeroshot
+  bench run --methods rtn --metrics ppl,latency
   bench report                                  rebuild leaderboard.md from results/
   bench list                                    show the registered methods
 """
@@ -32,7 +33,7 @@ def _add_run_parser(subparsers) -> None:
     selection = parser.add_argument_group("what to run")
     selection.add_argument("--methods", type=_split_list, required=True, metavar="A,B", help="comma-separated method names (see `bench list`)")
     selection.add_argument("--model", default="smollm2-135m", metavar="SPEC", help="model alias, Hugging Face id or local directory (default: smollm2-135m)")
-    selection.add_argument("--metrics", type=_split_list, default=["ppl"], metavar="A,B", help="ppl and/or zeroshot (default: ppl)")
+    selection.add_argument("--metrics", type=_split_list, default=["ppl"], metavar="A,B", help="any of ppl, zeroshot, latency (default: ppl)")
     settings = parser.add_argument_group("settings")
     settings.add_argument("--profile", default=None, metavar="NAME", help="quick (default), full or paper")
     settings.add_argument("--config", metavar="FILE", help="TOML or YAML file with keys profile, settings and methods.<name>")
