@@ -268,3 +268,43 @@ def test_hub_id_uses_snapshot_commit(tmp_path, config, tensors, monkeypatch):
     assert identity["revision"] == "0123abcd"
     assert requested[0][0] == "someone/Tiny-BinaryMoS-E4"
     assert not any(pattern.endswith(".bin") for pattern in requested[0][1])
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"model_type": "mistral"}, "model_type 'mistral'"),
+        ({"num_expert": 0}, "num_expert=0; expected an integer >= 1"),
+        ({"num_expert": "4"}, "num_expert='4'; expected an integer >= 1"),
+    ],
+)
+def test_invalid_config_is_rejected(tmp_path, config, tensors, change, message):
+    directory = write_checkpoint(tmp_path / "bad-config", config, tensors)
+    values = json.loads((directory / "config.json").read_text())
+    values.update(change)
+    (directory / "config.json").write_text(json.dumps(values))
+    with pytest.raises(OfficialCheckpointError) as error:
+        load_official_binarymos(str(directory))
+    assert message in str(error.value)
+
+
+def test_hub_detection_reads_config_and_headers(tmp_path, checkpoint, tensors, monkeypatch):
+    import huggingface_hub
+
+    class Metadata:
+        weight_map = {name: "model.safetensors" for name in tensors}
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo_id, filename: str(checkpoint / filename))
+    monkeypatch.setattr(huggingface_hub, "get_safetensors_metadata", lambda repo_id: Metadata())
+    assert is_official_binarymos("someone/Tiny-BinaryMoS-E4")
+
+    Metadata.weight_map = {name: "model.safetensors" for name in tensors if "gate_linear" not in name}
+    assert not is_official_binarymos("someone/Tiny-BinaryMoS-E4")
+
+    def offline(repo_id):
+        raise OSError("offline")
+
+    monkeypatch.setattr(huggingface_hub, "get_safetensors_metadata", offline)
+    assert is_official_binarymos("someone/Tiny-BinaryMoS-E4")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo_id, filename: offline(repo_id))
+    assert not is_official_binarymos("someone/Tiny-BinaryMoS-E4")
