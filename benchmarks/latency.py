@@ -41,6 +41,9 @@ def main() -> None:
     protocol = LatencyProtocol(
         prompt_tokens=args.prompt_tokens, decode_tokens=args.decode_tokens, warmup=args.warmup, repeats=args.repeats
     )
+    quantizer = methods.create(args.method) if args.method else None
+    if quantizer is not None and quantizer.calibrates:
+        parser.error(f"--method {args.method} needs calibration windows; use a method without calibration (rtn, binarymos, onebit).")
     loaded = load_model(args.model)
     if torch.cuda.is_available():
         loaded.model.to("cuda")
@@ -56,10 +59,7 @@ def main() -> None:
         f"{protocol.warmup} warm-up + {protocol.repeats} timed passes, median"
     )
     print_result("reference", reference)
-    if args.method:
-        quantizer = methods.create(args.method)
-        if quantizer.calibrates:
-            parser.error(f"--method {args.method} needs calibration windows; use a method without calibration (rtn, binarymos, onebit).")
+    if quantizer is not None:
         quantized = quantizer.quantize(copy.deepcopy(loaded.model))
         print_result(args.method, measure_latency(quantized, protocol))
 
