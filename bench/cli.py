@@ -19,6 +19,7 @@ EPILOG = """examples:
   bench run --methods gptq --metrics ppl,memory  also measure the peak memory of evaluation
   bench quantize --methods rtn --save out/rtn   store a packed artifact
   bench eval out/rtn --metrics ppl              measure a stored artifact
+  bench run --methods rtn --metrics ppl,latency
   bench report                                  rebuild leaderboard.md from results/
   bench list                                    show the registered methods
 """
@@ -35,7 +36,7 @@ def _add_run_parser(subparsers) -> None:
     selection = parser.add_argument_group("what to run")
     selection.add_argument("--methods", type=_split_list, required=True, metavar="A,B", help="comma-separated method names (see `bench list`)")
     selection.add_argument("--model", default="smollm2-135m", metavar="SPEC", help="model alias, Hugging Face id or local directory (default: smollm2-135m)")
-    selection.add_argument("--metrics", type=_split_list, default=["ppl"], metavar="A,B", help="ppl, zeroshot and/or memory (default: ppl)")
+    selection.add_argument("--metrics", type=_split_list, default=["ppl"], metavar="A,B", help="any of ppl, zeroshot, memory, latency (default: ppl)")
     settings = parser.add_argument_group("settings")
     settings.add_argument("--profile", default=None, metavar="NAME", help="quick (default), full or paper")
     settings.add_argument("--config", metavar="FILE", help="TOML or YAML file with keys profile, settings and methods.<name>")

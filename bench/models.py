@@ -171,13 +171,24 @@ def resolve_model(spec: str) -> tuple[str, str, str, str]:
     return spec, spec, "hub", f"Hugging Face hub model {spec}"
 
 
+def _reject_official_binarymos(spec: str, config) -> None:
+    """Raise for a checkpoint of the BinaryMoS authors, whose router and scales a plain load would drop."""
+    if getattr(config, "num_expert", None) is not None:
+        raise ModelLoadError(
+            f"'{spec}' is an official BinaryMoS checkpoint (its config sets num_expert={config.num_expert}). "
+            "Loading it as a plain model would drop its routers and scales; import it with "
+            "methods.binarymos_official.load_official_binarymos instead."
+        )
+
+
 def load_model(spec: str = DEFAULT_MODEL, dtype: str | None = None) -> LoadedModel:
     """Load a causal LM and its tokenizer from an alias, a hub id or a local directory."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     name, location, revision, origin = resolve_model(spec)
     torch_dtype = parse_dtype(dtype)
     try:
+        _reject_official_binarymos(spec, AutoConfig.from_pretrained(location))
         model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype)
         tokenizer = AutoTokenizer.from_pretrained(location)
     except OSError as error:

@@ -41,6 +41,11 @@ class Profile:
     # Zero-shot
     zeroshot_limit: int | None = None  # None: every example
     zeroshot_batch_size: int = 8
+    # Latency (batch 1): prompt length, greedy tokens decoded, untimed and timed passes
+    latency_prompt_tokens: int = 512
+    latency_decode_tokens: int = 32
+    latency_warmup: int = 2
+    latency_repeats: int = 5
     seed: int = 0
 
     def with_overrides(self, overrides: dict[str, Any]) -> "Profile":

@@ -34,6 +34,7 @@ from bench.artifacts import (
 )
 from bench.distill import TrainingSettings, distill, remove_checkpoints
 from bench.environment import environment
+from bench.latency import LatencyProtocol, measure_latency
 from bench.memory import METRIC_NAME, MemoryProtocol, measure_peak_eval
 from bench.models import LoadedModel, ModelInfo, check_model_spec, load_model as load_causal_lm, resolve_model
 from bench.paths import runs_dir
@@ -47,7 +48,8 @@ from methods.freezing import freeze
 
 logger = logging.getLogger(__name__)
 
-METRICS = ("ppl", "zeroshot", "memory")
+METRICS = ("ppl", "zeroshot", "memory", "latency")
+LATENCY_PARTS = ("prefill", "decode")
 REFERENCE = "fp"
 
 
@@ -70,7 +72,7 @@ class RunPlan:
 class MetricJob:
     """One metric to measure on one model state, with the record keys it produces."""
 
-    metric: str  # "ppl" or "zeroshot"
+    metric: str  # "ppl", "zeroshot" or "latency"
     stage: str  # "init" or "final"
     protocol: object
     keys: dict[str, str]  # sub-metric (e.g. "wikitext2") -> record key
@@ -80,11 +82,26 @@ def _validate_plan(plan: RunPlan) -> dict[str, Quantizer]:
     unknown = [metric for metric in plan.metrics if metric not in METRICS]
     if unknown:
         raise ConfigError(f"Unknown metric(s) {', '.join(unknown)}. Available metrics: {', '.join(METRICS)}.")
+    if "latency" in plan.metrics:
+        _latency_protocol(plan.profile)
     names = [REFERENCE] + [methods.resolve(name).name for name in plan.methods]
     quantizers = {}
     for name in dict.fromkeys(names):
         quantizers[name] = methods.create(name, plan.method_options.get(name))
     return quantizers
+
+
+def _latency_protocol(profile: Profile) -> LatencyProtocol:
+    try:
+        return LatencyProtocol(
+            prompt_tokens=profile.latency_prompt_tokens,
+            decode_tokens=profile.latency_decode_tokens,
+            warmup=profile.latency_warmup,
+            repeats=profile.latency_repeats,
+            seed=profile.seed,
+        )
+    except ValueError as error:
+        raise ConfigError(f"{error} Set it with the latency_* profile settings.") from error
 
 
 def _zeroshot_module():
@@ -175,6 +192,15 @@ class Runner:
                          "source": sources[task]}
                     )
             jobs.append(MetricJob("zeroshot", "final", protocol, keys))
+        if "latency" in self.plan.metrics:
+            protocol = _latency_protocol(profile)
+            # The device is part of the key, so a GPU figure never replaces a CPU one.
+            device = environment()["device"]
+            keys = {
+                part: record_key({**base, "metric": "latency", "protocol": asdict(protocol), "device": device, "name": part})
+                for part in LATENCY_PARTS
+            }
+            jobs.append(MetricJob("latency", "final", protocol, keys))
         return jobs
 
     def _missing(self, job: MetricJob) -> bool:
@@ -269,6 +295,9 @@ class Runner:
         if job.metric == "memory":
             self._measure_memory(job, quantizer, context)
             return
+        if job.metric == "latency":
+            self._measure_latency(job, quantizer, model, context)
+            return
         zeroshot = _zeroshot_module()
         started = time.perf_counter()
         rows = zeroshot.evaluate_zeroshot(model, self.reference.tokenizer, job.protocol, self.plan.data_dir)
@@ -347,6 +376,19 @@ class Runner:
             key, quantizer, {"name": name, "protocol": protocol}, measured["peak_rss_bytes"], job.stage,
             wall_time_s=round(time.perf_counter() - started, 2), **context,
         )
+
+    def _measure_latency(self, job: MetricJob, quantizer, model, context: dict) -> None:
+        result = measure_latency(model, job.protocol)
+        parts = {
+            "prefill": (result.prefill_ms, "ms for the prompt", result.prefill_samples_ms),
+            "decode": (result.decode_ms_per_token, "ms per token", result.decode_samples_ms_per_token),
+        }
+        for part, (value, unit, samples) in parts.items():
+            metric = {"name": f"latency/{part}", "protocol": result.protocol, "unit": unit, "samples": samples}
+            self._record(
+                job.keys[part], quantizer, metric, value, job.stage,
+                n_samples=job.protocol.repeats, wall_time_s=round(result.wall_time_s, 2), **context,
+            )
 
     def _base(self, quantizer: Quantizer) -> tuple[dict, tuple]:
         """Return what identifies the method's model (its key parts) and its training inputs."""

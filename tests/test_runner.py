@@ -145,3 +145,59 @@ def test_unknown_config_setting_is_rejected(tmp_path, monkeypatch, capsys):
     (tmp_path / "bad.toml").write_text("[settings]\ntrain_stpes = 3\n")
     assert main(["run", "--methods", "rtn", "--config", "bad.toml"]) == 2
     assert "Unknown profile setting(s) train_stpes" in " ".join(capsys.readouterr().out.split())
+
+
+LATENCY_SETTINGS = TINY_SETTINGS + """latency_prompt_tokens = 16
+latency_decode_tokens = 4
+latency_warmup = 1
+latency_repeats = 3
+"""
+
+
+def test_latency_records_per_method(workspace, tiny_model_dir):
+    (workspace / "tiny.toml").write_text(LATENCY_SETTINGS)
+    arguments = ["run", "--methods", "rtn", "--model", str(tiny_model_dir), "--config", "tiny.toml"]
+    assert main([*arguments, "--metrics", "ppl,latency"]) == 0
+    stored = [record for record in records(workspace) if record["metric"]["name"].startswith("latency/")]
+    names = sorted((record["method"]["name"], record["metric"]["name"]) for record in stored)
+    assert names == [("fp", "latency/decode"), ("fp", "latency/prefill"), ("rtn", "latency/decode"), ("rtn", "latency/prefill")]
+    for record in stored:
+        protocol = record["metric"]["protocol"]
+        assert record["value"] > 0
+        assert record["n_samples"] == 3
+        assert len(record["metric"]["samples"]) == 3
+        assert protocol["prompt_tokens"] == 16
+        assert protocol["decode_tokens"] == 4
+        assert protocol["device"] == "cpu"
+        assert protocol["timer"] == "perf_counter"
+        assert record["environment"]["device"].startswith("cpu")
+        assert record["storage"] is not None
+    units = {record["metric"]["name"]: record["metric"]["unit"] for record in stored}
+    assert units == {"latency/prefill": "ms for the prompt", "latency/decode": "ms per token"}
+
+
+def test_latency_key_includes_device(workspace, tiny_model_dir, monkeypatch):
+    (workspace / "tiny.toml").write_text(LATENCY_SETTINGS)
+    arguments = ["run", "--methods", "rtn", "--model", str(tiny_model_dir), "--config", "tiny.toml", "--metrics", "ppl,latency"]
+    assert main(arguments) == 0
+    first = records(workspace)
+    assert main(arguments) == 0
+    assert records(workspace) == first
+
+    import bench.environment
+
+    other_device = {**bench.environment.environment(), "device": "NVIDIA H200"}
+    monkeypatch.setattr("bench.runner.environment", lambda: other_device)
+    assert main(arguments) == 0
+    added = records(workspace)[len(first) :]
+    assert sorted(record["metric"]["name"] for record in added) == ["latency/decode", "latency/decode", "latency/prefill", "latency/prefill"]
+    assert {record["key"] for record in added}.isdisjoint(record["key"] for record in first)
+
+
+def test_bad_latency_setting_exits_with_message(workspace, tiny_model_dir, capsys):
+    (workspace / "tiny.toml").write_text(TINY_SETTINGS + "latency_repeats = 0\n")
+    arguments = ["run", "--methods", "rtn", "--model", str(tiny_model_dir), "--config", "tiny.toml", "--metrics", "latency"]
+    assert main(arguments) == 2
+    output = " ".join(capsys.readouterr().out.split())
+    assert "repeats must be an integer >= 1, got 0" in output
+    assert "latency_* profile settings" in output
