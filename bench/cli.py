@@ -70,8 +70,11 @@ def _add_quantize_parser(subparsers) -> None:
 
 def _add_eval_parser(subparsers) -> None:
     parser = subparsers.add_parser("eval", help="measure a stored artifact and record the results")
-    parser.add_argument("artifact", type=Path, metavar="DIR", help="artifact directory written by `bench quantize --save`")
-    parser.add_argument("--metrics", type=_split_list, default=["ppl"], metavar="A,B", help="ppl, zeroshot and/or memory (default: ppl)")
+    parser.add_argument(
+        "artifact", type=Path, metavar="DIR",
+        help="artifact directory written by `bench quantize --save`, or an official BinaryMoS checkpoint (directory or hub id)",
+    )
+    parser.add_argument("--metrics", type=_split_list, default=["ppl"], metavar="A,B", help="any of ppl, zeroshot, memory, latency (default: ppl)")
     _add_settings(parser)
     parser.add_argument("--results-dir", default="results", metavar="DIR", help="where result records are stored (default: results)")
     parser.add_argument("--leaderboard", default="leaderboard.md", metavar="FILE", help="leaderboard file to regenerate (default: leaderboard.md)")
@@ -180,10 +183,16 @@ def command_eval(args) -> int:
     from bench.console import console, results_table
     from bench.runner import Runner
 
-    config = read_config(args.artifact)
-    method = config["method"]
-    plan = _plan(args, config["base_model"], [method["name"]], args.metrics, {method["name"]: method["config"]})
-    keys = set(Runner(plan).evaluate_artifact(args.artifact))
+    from methods.binarymos_official import is_official_binarymos
+
+    if is_official_binarymos(str(args.artifact)):
+        plan = _plan(args, str(args.artifact), ["binarymos"], args.metrics)
+        keys = set(Runner(plan).evaluate_official(str(args.artifact)))
+    else:
+        config = read_config(args.artifact)
+        method = config["method"]
+        plan = _plan(args, config["base_model"], [method["name"]], args.metrics, {method["name"]: method["config"]})
+        keys = set(Runner(plan).evaluate_artifact(args.artifact))
     records = _write_leaderboard(args.results_dir, args.leaderboard)
     console.print(results_table([record for record in records if record["key"] in keys]))
     console.print(f"Records in {args.results_dir}/records.jsonl; leaderboard written to {args.leaderboard}.")

@@ -465,6 +465,39 @@ class Runner:
                 self._measure(job, quantizer, model, context)
         return keys
 
+    def evaluate_official(self, spec: str) -> list[str]:
+        """Import an official BinaryMoS checkpoint, store it packed, measure it; return its record keys."""
+        from methods.binarymos_official import load_official_binarymos
+
+        _check_data(self.plan, {})
+        imported = load_official_binarymos(spec, self.plan.dtype)
+        options = {**self.plan.method_options.get("binarymos", {}), "num_experts": imported.identity["num_experts"]}
+        quantizer = methods.create("binarymos", options)
+        if imported.tokenizer is None:
+            raise ConfigError(
+                f"The checkpoint {spec} has no tokenizer files. Copy the base model's tokenizer files "
+                "(tokenizer.json, tokenizer_config.json, special_tokens_map.json) into it and run again."
+            )
+        self.reference = imported.loaded_model()
+        base = {"model": self._model_identity(), "method": self._method_identity(quantizer), "imported": True}
+        jobs = [job for job in self._jobs(quantizer, base) if job.stage == "final"]
+        keys = [key for job in jobs for key in job.keys.values()]
+        pending = [job for job in jobs if self._missing(job)]
+        if not pending:
+            return keys
+        artifact_dir = self._artifact_dir(base)
+        if not (artifact_dir / "config.json").exists():
+            context = {"storage": quantizer.storage_report(imported.model).to_dict(), "training": None}
+            self._store_artifact(quantizer, imported.model, artifact_dir, context)
+        imported.model = None
+        self.reference = LoadedModel(model=None, tokenizer=imported.tokenizer, info=self.reference.info)
+        gc.collect()
+        context: dict = {}
+        model = self._load_stored(artifact_dir, context)
+        for job in pending:
+            self._measure(job, quantizer, model, context)
+        return keys
+
     def _run_method(self, quantizer: Quantizer) -> None:
         base, (settings, blocks, data_description) = self._base(quantizer)
         jobs = self._jobs(quantizer, base)
