@@ -16,8 +16,10 @@ EPILOG = """examples:
   bench run --methods binarymos,onebit          distill both methods on the default model (quick profile)
   bench run --methods rtn --profile full        whole evaluation sets
   bench run --methods binarymos --metrics ppl,zeroshot
-  bench report                                  rebuild leaderboard.md from results/
+  bench report                                  rebuild leaderboard.md and reports/ from results/
+  bench report --paper                          also print the BinaryMoS paper table beside our numbers
   bench list                                    show the registered methods
+  bench check                                   CI regression check against results/ci_baseline.json
 """
 
 
@@ -46,9 +48,22 @@ def _add_run_parser(subparsers) -> None:
 
 
 def _add_report_parser(subparsers) -> None:
-    parser = subparsers.add_parser("report", help="regenerate leaderboard.md from stored results")
+    parser = subparsers.add_parser("report", help="regenerate leaderboard.md and reports/ from stored results")
     parser.add_argument("--results-dir", default="results", metavar="DIR", help="where result records are stored (default: results)")
     parser.add_argument("--leaderboard", default="leaderboard.md", metavar="FILE", help="leaderboard file to write (default: leaderboard.md)")
+    parser.add_argument("--reports-dir", default="reports", metavar="DIR", help="directory of tables and plots to rewrite (default: reports)")
+    parser.add_argument("--paper", action="store_true", help="also print the BinaryMoS paper's main table beside the reproduced numbers")
+
+
+def _add_check_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "check", help="CI regression check: run the ci profile and compare it with the committed baseline"
+    )
+    parser.add_argument("--baseline", default="results/ci_baseline.json", metavar="FILE", help="baseline file (default: results/ci_baseline.json)")
+    parser.add_argument("--update-baseline", action="store_true", help="rewrite the baseline file with this run's numbers instead of comparing")
+    parser.add_argument("--model", default="smollm2-135m", metavar="SPEC", help="model alias, Hugging Face id or local directory (default: smollm2-135m)")
+    parser.add_argument("--data-dir", metavar="DIR", help="local data directory (default: $BENCH_DATA_DIR, else the Hugging Face hub)")
+    parser.add_argument("--scratch-dir", metavar="DIR", help="keep this run's records and students here (default: a temporary directory, removed afterwards)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_run_parser(subparsers)
     _add_report_parser(subparsers)
+    _add_check_parser(subparsers)
     subparsers.add_parser("list", help="list the registered methods")
     return parser
 
@@ -88,10 +104,23 @@ def command_list(args) -> int:
 
 
 def command_report(args) -> int:
-    from bench.console import console
+    from bench.console import console, report_table
+    from bench.report.write import write_reports
+    from bench.report.paper import build_paper_table
+    from bench.results import ResultStore
 
-    records = _write_leaderboard(args.results_dir, args.leaderboard)
-    console.print(f"Wrote {args.leaderboard} from {len(records)} records in {args.results_dir}.")
+    records = ResultStore(args.results_dir).records()
+    written = write_reports(records, Path(args.results_dir), Path(args.leaderboard), Path(args.reports_dir))
+    if args.paper:
+        table, width = report_table(build_paper_table(records))
+        # Rich clamps a print to the console width; widen it so no cell is cut.
+        previous = console.width
+        console.width = max(previous, width)
+        try:
+            console.print(table)
+        finally:
+            console.width = previous
+    console.print(f"Wrote {args.leaderboard} and {len(written) - 1} files under {args.reports_dir}/ from {len(records)} records in {args.results_dir}.")
     return 0
 
 
@@ -127,7 +156,30 @@ def command_run(args) -> int:
     return 0
 
 
-COMMANDS = {"run": command_run, "report": command_report, "list": command_list}
+def command_check(args) -> int:
+    from bench.check import compare, read_baseline, run_ci_profile, write_baseline
+    from bench.console import check_table, console
+
+    baseline_path = Path(args.baseline)
+    baseline = None if args.update_baseline else read_baseline(baseline_path)
+    run = run_ci_profile(args.model, args.data_dir, Path(args.scratch_dir) if args.scratch_dir else None)
+    if args.update_baseline:
+        write_baseline(baseline_path, run)
+        console.print(f"Wrote {len(run.metrics)} metrics of the ci profile to {baseline_path} ({run.wall_time_s:.0f} s).")
+        return 0
+    differences = compare(baseline["metrics"], run.metrics)
+    console.print(check_table(differences))
+    failed = [difference for difference in differences if difference.failed]
+    if failed:
+        names = ", ".join(f"{difference.metric} ({difference.status})" for difference in failed)
+        console.print(f"[bold red]bench check failed[/] on {len(failed)} of {len(differences)} metrics: {names}.")
+        console.print(f"If the change is intended, rewrite the baseline with `bench check --update-baseline` and commit {baseline_path}.")
+        return 1
+    console.print(f"bench check passed: {len(differences)} metrics within tolerance of {baseline_path} ({run.wall_time_s:.0f} s).")
+    return 0
+
+
+COMMANDS = {"run": command_run, "report": command_report, "list": command_list, "check": command_check}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.console import console, setup_logging
 
     setup_logging(args.verbose)
+    from bench.check import BaselineError
     from bench.data import DataNotFoundError
     from bench.distill import TrainingDivergedError
     from bench.models import ModelLoadError
@@ -144,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.zeroshot.local_data import MalformedDataError
     from methods.base import ConfigError
 
-    user_errors = (ConfigError, DataNotFoundError, MalformedDataError, ModelLoadError, ResultsStoreError, TrainingDivergedError)
+    user_errors = (BaselineError, ConfigError, DataNotFoundError, MalformedDataError, ModelLoadError, ResultsStoreError, TrainingDivergedError)
     try:
         return COMMANDS[args.command](args)
     except user_errors as error:
