@@ -51,6 +51,7 @@ class RunPlan:
     results_dir: Path = Path("results")
     dtype: str | None = None
     command: str | None = None
+    runs_dir: Path | None = None  # training checkpoints and distilled students; None: the cache's runs/
 
 
 @dataclass
@@ -146,7 +147,7 @@ class Runner:
             sources = _zeroshot_module().task_sources(protocol, self.plan.data_dir)
             keys = {}
             for task in protocol.tasks:
-                for metric in ("acc", "acc_norm"):
+                for metric in ("acc", "acc_norm", "gold_loglik"):
                     keys[f"{task}/{metric}"] = record_key(
                         {**base, "metric": "zeroshot", "protocol": asdict(protocol), "task": task, "name": metric,
                          "source": sources[task]}
@@ -195,7 +196,7 @@ class Runner:
         return {**details, "wall_time_s": round(time.perf_counter() - started, 2)}
 
     def _distill(self, quantizer, student, settings, blocks, data_description, training_key) -> dict:
-        run_dir = runs_dir() / training_key
+        run_dir = (self.plan.runs_dir or runs_dir()) / training_key
         artifact = run_dir / "student.safetensors"
         outcome_path = run_dir / "outcome.json"
         log_path = self.plan.results_dir / "losses" / f"{training_key}.jsonl"
