@@ -45,6 +45,7 @@ def _add_run_parser(subparsers) -> None:
     locations.add_argument("--data-dir", metavar="DIR", help="local data directory (default: $BENCH_DATA_DIR, else the Hugging Face hub)")
     locations.add_argument("--results-dir", default="results", metavar="DIR", help="where result records are stored (default: results)")
     locations.add_argument("--leaderboard", default="leaderboard.md", metavar="FILE", help="leaderboard file to regenerate (default: leaderboard.md)")
+    locations.add_argument("--reports-dir", default="reports", metavar="DIR", help="directory of tables and plots to regenerate (default: reports)")
 
 
 def _add_report_parser(subparsers) -> None:
@@ -78,13 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _write_leaderboard(results_dir: str, leaderboard: str) -> list[dict]:
-    from bench.leaderboard import render
+def _write_reports(results_dir: str, leaderboard: str, reports_dir: str) -> tuple[list[dict], int]:
+    """Regenerate the leaderboard and the reports directory; return the records and the file count."""
+    from bench.report.write import write_reports
     from bench.results import ResultStore
 
     records = ResultStore(results_dir).records()
-    Path(leaderboard).write_text(render(records), encoding="utf-8")
-    return records
+    written = write_reports(records, Path(results_dir), Path(leaderboard), Path(reports_dir))
+    return records, len(written)
 
 
 def command_list(args) -> int:
@@ -105,12 +107,9 @@ def command_list(args) -> int:
 
 def command_report(args) -> int:
     from bench.console import console, report_table
-    from bench.report.write import write_reports
     from bench.report.paper import build_paper_table
-    from bench.results import ResultStore
 
-    records = ResultStore(args.results_dir).records()
-    written = write_reports(records, Path(args.results_dir), Path(args.leaderboard), Path(args.reports_dir))
+    records, written = _write_reports(args.results_dir, args.leaderboard, args.reports_dir)
     if args.paper:
         table, width = report_table(build_paper_table(records))
         # Rich clamps a print to the console width; widen it so no cell is cut.
@@ -120,7 +119,7 @@ def command_report(args) -> int:
             console.print(table)
         finally:
             console.width = previous
-    console.print(f"Wrote {args.leaderboard} and {len(written) - 1} files under {args.reports_dir}/ from {len(records)} records in {args.results_dir}.")
+    console.print(f"Wrote {args.leaderboard} and {written - 1} files under {args.reports_dir}/ from {len(records)} records in {args.results_dir}.")
     return 0
 
 
@@ -150,9 +149,9 @@ def command_run(args) -> int:
         command=shlex.join(["bench", *args.argv]),
     )
     keys = set(Runner(plan).run())
-    records = _write_leaderboard(args.results_dir, args.leaderboard)
+    records, _written = _write_reports(args.results_dir, args.leaderboard, args.reports_dir)
     console.print(results_table([record for record in records if record["key"] in keys]))
-    console.print(f"Records in {args.results_dir}/records.jsonl; leaderboard written to {args.leaderboard}.")
+    console.print(f"Records in {args.results_dir}/records.jsonl; {args.leaderboard} and {args.reports_dir}/ regenerated.")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""`bench report`: leaderboard, tables as Markdown/CSV/LaTeX, plots and the paper comparison, from records alone."""
+"""`bench report`: the leaderboard, tables as Markdown, CSV and LaTeX, plots and the paper comparison, from records alone."""
 
 import csv
 import io
@@ -23,10 +23,6 @@ def results(tmp_path):
     directory = tmp_path / "results"
     write_loss_log(directory, LOSS_LOG)
     return directory
-
-
-def snapshot(paths) -> dict:
-    return {path.name if path.parent.name == "" else str(path): path.read_bytes() for path in paths}
 
 
 def tree_bytes(root) -> dict:
@@ -109,7 +105,8 @@ def test_measured_columns_only_where_recorded():
 def test_table_notes_state_protocol_once():
     _key, table = leaderboard_table()
     zero_shot = [note for note in table.notes if note.startswith("Zero-shot:")]
-    assert len(zero_shot) == 1 and "200 examples" in zero_shot[0]
+    assert len(zero_shot) == 1
+    assert "200 examples" in zero_shot[0]
     assert sum(note.startswith("Perplexity, wikitext2") for note in table.notes) == 1
     assert any(note.startswith("Decode latency (ms per token)") for note in table.notes)
 

@@ -28,6 +28,7 @@ METHOD_NAMES = {"FP16": "fp", "PB-LLM": "pbllm", "BiLLM": "billm", "OneBit": "on
 AVERAGE_TOLERANCE = 0.01
 # Profiles in the order of preference: the first with a record of a (model, method) is shown.
 PROFILE_PREFERENCE = ("paper", "full", "quick")
+COLUMN_GROUPS = {"wikitext2": "Wiki2", "c4": "C4"}  # any other column is a zero-shot task
 
 
 def load_paper_table(path: Path = PAPER_FILE) -> dict:
@@ -160,7 +161,7 @@ def _ours_rows(model: str, method: str, entry: dict | None, paper: dict | None, 
             difference.append(Cell(f"{delta:+.2f}", delta))
         else:
             difference.append(Cell("n.c.", "not comparable"))
-            label = "Wiki2" if column == "wikitext2" else "C4" if column == "c4" else "zero-shot"
+            label = COLUMN_GROUPS.get(column, "zero-shot")
             reasons.add(f"{label}: {check.reason}.")
     task_values = [ours[3 + len(PPL_COLUMNS) + index].value for index in range(len(TASKS))]
     if all(value is not None for value in task_values):
@@ -186,6 +187,7 @@ def build_paper_table(records: list[dict], paper: dict | None = None) -> Table:
     columns = ["Model", "Method", "Source", "Wiki2", "C4", *(TASK_LABELS[task] for task in TASKS), "Avg"]
     table = Table("BinaryMoS paper, Table 3, against reproduced numbers", columns)
     reproduced = reproduced_numbers(records)
+
     reasons: set[str] = set()
     flags = []
     paper_models = []
@@ -200,6 +202,7 @@ def build_paper_table(records: list[dict], paper: dict | None = None) -> Table:
         table.add_row(cells)
         for ours in _ours_rows(row["model"], row["method"], reproduced.get((model_key, method)), row, reasons):
             table.add_row(ours)
+
     method_order = list(METHOD_NAMES.values())
     others = sorted(
         (key for key in reproduced if key[0] not in paper_models),
@@ -213,6 +216,7 @@ def build_paper_table(records: list[dict], paper: dict | None = None) -> Table:
             label = next((name for name, code in METHOD_NAMES.items() if code == method), method)
         for ours in _ours_rows(entry["model"]["name"], label, entry, None, reasons):
             table.add_row(ours)
+
     table.notes = [
         f"Paper numbers: {paper['source']}",
         "Paper protocol: " + "; ".join(f"{key}: {value}" for key, value in paper["protocol"].items()) + ".",
