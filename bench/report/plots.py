@@ -134,7 +134,7 @@ def plot_zeroshot(title: str, rows: list[Row], path_stem: Path) -> list[Path]:
         return save_figure(figure, path_stem)
 
 
-KEPT_LABEL = "kept in floating point (fp: every layer)"
+KEPT_LABEL = "kept in floating point (embeddings, norms)"
 
 
 def _memory_parts(row: Row) -> dict[str, float] | None:
@@ -149,9 +149,19 @@ def _memory_parts(row: Row) -> dict[str, float] | None:
 
 
 def plot_memory(title: str, rows: list[Row], path_stem: Path) -> list[Path]:
-    """Stacked horizontal bars of stored megabytes by component per method (storage formula)."""
+    """Stacked horizontal bars of stored megabytes by component per method (storage formula).
+
+    The unquantized reference is left out of the bars when any quantized method is present,
+    because at 4 to 8 times their size it would squeeze their components out of sight. Its size
+    is stated in the title instead.
+    """
     parts_by_row = [(row, _memory_parts(row)) for row in rows]
     parts_by_row = [(row, parts) for row, parts in parts_by_row if parts]
+    references = [(row, parts) for row, parts in parts_by_row if row.method == "fp"]
+    if len(references) < len(parts_by_row):
+        parts_by_row = [(row, parts) for row, parts in parts_by_row if row.method != "fp"]
+        if references:
+            title += "\n(not drawn: " + ", ".join(f"{row.label} {sum(parts.values()):.1f} MB" for row, parts in references) + ")"
     if not parts_by_row:
         return []
     components = []
@@ -173,7 +183,7 @@ def plot_memory(title: str, rows: list[Row], path_stem: Path) -> list[Path]:
             axis.text(total + limit * 0.01, position, text, va="center", fontsize=9)
         axis.set_yticks(positions, labels)
         axis.set_xlim(0, limit * 1.25)
-        axis.set_xlabel("stored size (MB, 10^6 bytes; storage formula, side data and kept layers at 16 bits, fp at its run dtype)")
+        axis.set_xlabel("stored size (MB, 10^6 bytes; storage formula, side data and kept layers at 16 bits)")
         axis.grid(True, axis="x", linewidth=0.5, alpha=0.5)
         figure.legend(loc="outside right upper", frameon=False, title="component")
         axis.set_title(title)
