@@ -1,4 +1,4 @@
-"""`bench report`: the leaderboard, tables as Markdown, CSV and LaTeX, plots and the paper comparison, from records alone."""
+"""`bench report`: the leaderboard, tables as Markdown, CSV and LaTeX, plots and the BinaryMoS paper comparison, from records alone."""
 
 import csv
 import io
@@ -140,7 +140,7 @@ def test_pareto_front_keeps_undominated_points():
     assert pareto_front(points) == [(1.0, 100.0), (1.1, 50.0), (2.0, 10.0), (32.0, 5.0)]
 
 
-# -- the paper comparison ------------------------------------------------------------------------
+# -- the BinaryMoS paper comparison --------------------------------------------------------------
 
 LLAMA2 = {"name": "meta-llama/Llama-2-7b-hf", "revision": "main", "dtype": "float16"}
 
