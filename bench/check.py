@@ -220,6 +220,7 @@ def write_baseline(path: Path, run: CheckRun) -> None:
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             json.dump(content, handle, indent=2, sort_keys=True)
             handle.write("\n")
+        os.chmod(temporary, 0o644)  # mkstemp creates the file readable by its owner only
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
