@@ -52,6 +52,13 @@ def test_accuracy_tolerance_is_at_least_one_example():
     assert difference.status == "ok"
 
 
+def test_gold_loglik_tolerance_grows_with_magnitude():
+    baseline = {"rtn|zeroshot/piqa/gold_loglik": metric(-400.0, stderr=30.0, n_samples=20)}
+    (difference,) = compare(baseline, {"rtn|zeroshot/piqa/gold_loglik": metric(-400.03)})
+    assert difference.tolerance == pytest.approx(0.04)
+    assert difference.status == "ok"
+
+
 def test_gold_loglik_catches_small_shift():
     """A shift far inside the accuracy's error still fails on the gold log-likelihood."""
     current = {**BASELINE, "fp|zeroshot/piqa/gold_loglik": metric(-12.6)}
