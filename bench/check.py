@@ -146,13 +146,13 @@ def compare(baseline: dict[str, dict], current: dict[str, dict], tolerances: Tol
     return differences
 
 
-def ci_plan(results_dir: Path, runs_dir: Path, model: str, data_dir: str | None) -> RunPlan:
-    """Return the plan of the check: the reference and every registered method under the ci profile."""
+def ci_plan(results_dir: Path, runs_dir: Path, model: str, data_dir: str | None, methods: list[str] | None = None) -> RunPlan:
+    """Return the plan of the check: the reference and `methods` (default: every registered one) under the ci profile."""
     from methods.registry import METHODS
 
     return RunPlan(
         model=model,
-        methods=[entry.name for entry in METHODS if entry.name != "fp"],
+        methods=methods or [entry.name for entry in METHODS if entry.name != "fp"],
         profile=get_profile(CI_PROFILE),
         metrics=["ppl", "zeroshot"],
         data_dir=data_dir,
@@ -171,7 +171,9 @@ class CheckRun:
     wall_time_s: float
 
 
-def run_ci_profile(model: str = "smollm2-135m", data_dir: str | None = None, scratch_dir: Path | None = None) -> CheckRun:
+def run_ci_profile(
+    model: str = "smollm2-135m", data_dir: str | None = None, scratch_dir: Path | None = None, methods: list[str] | None = None
+) -> CheckRun:
     """Run the ci profile on one thread in a scratch directory (a new temporary one by default, removed afterwards)."""
     started = time.perf_counter()
     threads = torch.get_num_threads()
@@ -179,7 +181,7 @@ def run_ci_profile(model: str = "smollm2-135m", data_dir: str | None = None, scr
     try:
         with tempfile.TemporaryDirectory(prefix="bench-check-") as temporary:
             scratch = Path(scratch_dir) if scratch_dir else Path(temporary)
-            plan = ci_plan(scratch / "results", scratch / "runs", model, data_dir)
+            plan = ci_plan(scratch / "results", scratch / "runs", model, data_dir, methods)
             runner = Runner(plan)
             runner.run()
             records = runner.store.records()
@@ -187,6 +189,12 @@ def run_ci_profile(model: str = "smollm2-135m", data_dir: str | None = None, scr
         torch.set_num_threads(threads)
     model_identity = {key: records[0]["model"].get(key) for key in ("name", "revision", "dtype")} if records else {}
     return CheckRun(collect_metrics(records), model_identity, round(time.perf_counter() - started, 1))
+
+
+def select_methods(metrics: dict[str, dict], methods: list[str]) -> dict[str, dict]:
+    """Keep the metrics of the reference and of `methods` (registry names)."""
+    keep = {"fp", *methods}
+    return {metric_id: entry for metric_id, entry in metrics.items() if metric_id.split("|", 1)[0] in keep}
 
 
 def read_baseline(path: Path) -> dict:

@@ -65,6 +65,7 @@ def _add_check_parser(subparsers) -> None:
     parser.add_argument("--model", default="smollm2-135m", metavar="SPEC", help="model alias, Hugging Face id or local directory (default: smollm2-135m)")
     parser.add_argument("--data-dir", metavar="DIR", help="local data directory (default: $BENCH_DATA_DIR, else the Hugging Face hub)")
     parser.add_argument("--scratch-dir", metavar="DIR", help="keep this run's records and students here (default: a temporary directory, removed afterwards)")
+    parser.add_argument("--methods", type=_split_list, metavar="A,B", help="check only these methods and the reference (default: every registered method)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,12 +157,20 @@ def command_run(args) -> int:
 
 
 def command_check(args) -> int:
-    from bench.check import compare, read_baseline, run_ci_profile, write_baseline
+    import methods
+    from bench.check import compare, read_baseline, run_ci_profile, select_methods, write_baseline
     from bench.console import check_table, console
+    from methods.base import ConfigError
 
+    selected = [methods.resolve(name).name for name in args.methods] if args.methods else None
+    if selected and args.update_baseline:
+        raise ConfigError("--update-baseline rewrites the baseline of every method; leave out --methods.")
     baseline_path = Path(args.baseline)
     baseline = None if args.update_baseline else read_baseline(baseline_path)
-    run = run_ci_profile(args.model, args.data_dir, Path(args.scratch_dir) if args.scratch_dir else None)
+    scratch = Path(args.scratch_dir) if args.scratch_dir else None
+    run = run_ci_profile(args.model, args.data_dir, scratch, selected)
+    if selected:
+        baseline["metrics"] = select_methods(baseline["metrics"], selected)
     if args.update_baseline:
         write_baseline(baseline_path, run)
         console.print(f"Wrote {len(run.metrics)} metrics of the ci profile to {baseline_path} ({run.wall_time_s:.0f} s).")

@@ -137,9 +137,11 @@ def fake_run(monkeypatch):
     """Replace the model run with fixed metrics; the test sets `current` before calling the CLI."""
     state = {"current": dict(BASELINE), "calls": 0}
 
-    def run_ci_profile(model, data_dir, scratch_dir):
+    def run_ci_profile(model, data_dir, scratch_dir, methods):
         state["calls"] += 1
-        return CheckRun(dict(state["current"]), {"name": model}, 3.0)
+        state["methods"] = methods
+        current = state["current"] if methods is None else check.select_methods(state["current"], methods)
+        return CheckRun(dict(current), {"name": model}, 3.0)
 
     monkeypatch.setattr(check, "run_ci_profile", run_ci_profile)
     return state
@@ -158,6 +160,17 @@ def test_cli_check_passes_then_fails(tmp_path, fake_run, capsys):
     output = capsys.readouterr().out
     assert "binarymos|ppl/wikitext2@init (regression)" in output
     assert baseline.read_bytes() == written
+
+
+def test_cli_check_selected_methods(tmp_path, fake_run, capsys):
+    baseline = tmp_path / "ci_baseline.json"
+    assert main(["check", "--baseline", str(baseline), "--update-baseline"]) == 0
+    assert main(["check", "--baseline", str(baseline), "--methods", "binarymos"]) == 0
+    assert fake_run["methods"] == ["binarymos"]
+    output = capsys.readouterr().out
+    assert "binarymos|ppl/wikitext2@init" in output
+    assert "rtn|ppl/wikitext2" not in output
+    assert main(["check", "--baseline", str(baseline), "--methods", "binarymos", "--update-baseline"]) == 2
 
 
 def test_ci_plan_covers_every_method(tmp_path):
