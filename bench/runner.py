@@ -282,6 +282,9 @@ class Runner:
             model = self.reference.model
         else:
             model = copy.deepcopy(self.reference.model)
+            # Modules a method adds may draw their initial values from the global generator
+            # (BinaryMoS's router does), so seed it for the same model in every process.
+            torch.manual_seed(self.plan.profile.seed)
             if quantizer.calibrates:
                 context["calibration"] = self._calibrate(quantizer, model)
             else:
