@@ -184,8 +184,8 @@ def test_ci_plan_covers_every_method(tmp_path):
 
 
 @pytest.mark.slow  # about 3 minutes on 2 CPU cores: seven methods, each with six zero-shot tasks
-def test_check_on_tiny_model_passes_twice(tmp_path, tiny_model_dir, isolated_cache, data_dir, monkeypatch, capsys):
-    """The whole check on a 2-layer model: create the baseline, then pass against it."""
+def test_check_on_tiny_model_repeats_exactly(tmp_path, tiny_model_dir, isolated_cache, data_dir, monkeypatch, capsys):
+    """The whole check on a 2-layer model: create the baseline, then pass against it with the same numbers."""
     monkeypatch.chdir(tmp_path)
     baseline = tmp_path / "results" / "ci_baseline.json"
     common = ["--baseline", str(baseline), "--model", str(tiny_model_dir), "--data-dir", str(data_dir)]
@@ -203,9 +203,5 @@ def test_check_on_tiny_model_passes_twice(tmp_path, tiny_model_dir, isolated_cac
 
     rerun = collect_metrics(ResultStore(tmp_path / "scratch" / "results").records())
     assert set(rerun) == set(stored)
-    # NOTE: a BinaryMoS distillation run first in a process ends a few 1e-5 (relative) away from
-    # later runs in the same process, while separate processes agree exactly. So only the
-    # untrained numbers are compared exactly here.
     for metric_id, entry in stored.items():
-        if not metric_id.startswith("binarymos|") or metric_id.endswith("@init"):
-            assert rerun[metric_id] == entry, metric_id
+        assert rerun[metric_id] == entry, metric_id
