@@ -20,8 +20,10 @@ EPILOG = """examples:
   bench quantize --methods rtn --save out/rtn   store a packed artifact
   bench eval out/rtn --metrics ppl              measure a stored artifact
   bench run --methods rtn --metrics ppl,latency
-  bench report                                  rebuild leaderboard.md from results/
+  bench report                                  rebuild leaderboard.md and reports/ from results/
+  bench report --paper                          also print the BinaryMoS paper table beside our numbers
   bench list                                    show the registered methods
+  bench check                                   CI regression check against results/ci_baseline.json
 """
 
 
@@ -47,6 +49,7 @@ def _add_run_parser(subparsers) -> None:
     locations.add_argument("--data-dir", metavar="DIR", help="local data directory (default: $BENCH_DATA_DIR, else the Hugging Face hub)")
     locations.add_argument("--results-dir", default="results", metavar="DIR", help="where result records are stored (default: results)")
     locations.add_argument("--leaderboard", default="leaderboard.md", metavar="FILE", help="leaderboard file to regenerate (default: leaderboard.md)")
+    locations.add_argument("--reports-dir", default="reports", metavar="DIR", help="directory of tables and plots to regenerate (default: reports)")
 
 
 def _add_settings(parser) -> None:
@@ -81,9 +84,23 @@ def _add_eval_parser(subparsers) -> None:
 
 
 def _add_report_parser(subparsers) -> None:
-    parser = subparsers.add_parser("report", help="regenerate leaderboard.md from stored results")
+    parser = subparsers.add_parser("report", help="regenerate leaderboard.md and reports/ from stored results")
     parser.add_argument("--results-dir", default="results", metavar="DIR", help="where result records are stored (default: results)")
     parser.add_argument("--leaderboard", default="leaderboard.md", metavar="FILE", help="leaderboard file to write (default: leaderboard.md)")
+    parser.add_argument("--reports-dir", default="reports", metavar="DIR", help="directory of tables and plots to rewrite (default: reports)")
+    parser.add_argument("--paper", action="store_true", help="also print the BinaryMoS paper's main table beside the reproduced numbers")
+
+
+def _add_check_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "check", help="CI regression check: run the ci profile and compare it with the committed baseline"
+    )
+    parser.add_argument("--baseline", default="results/ci_baseline.json", metavar="FILE", help="baseline file (default: results/ci_baseline.json)")
+    parser.add_argument("--update-baseline", action="store_true", help="rewrite the baseline file with this run's numbers instead of comparing")
+    parser.add_argument("--model", default="smollm2-135m", metavar="SPEC", help="model alias, Hugging Face id or local directory (default: smollm2-135m)")
+    parser.add_argument("--data-dir", metavar="DIR", help="local data directory (default: $BENCH_DATA_DIR, else the Hugging Face hub)")
+    parser.add_argument("--scratch-dir", metavar="DIR", help="keep this run's records and students here (default: a temporary directory, removed afterwards)")
+    parser.add_argument("--methods", type=_split_list, metavar="A,B", help="check only these methods and the reference (default: every registered method)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,17 +112,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quantize_parser(subparsers)
     _add_eval_parser(subparsers)
     _add_report_parser(subparsers)
+    _add_check_parser(subparsers)
     subparsers.add_parser("list", help="list the registered methods")
     return parser
 
 
-def _write_leaderboard(results_dir: str, leaderboard: str) -> list[dict]:
-    from bench.leaderboard import render
+def _write_reports(results_dir: str, leaderboard: str, reports_dir: str) -> tuple[list[dict], int]:
+    """Regenerate the leaderboard and the reports directory; return the records and the file count."""
+    from bench.report.write import write_reports
     from bench.results import ResultStore
 
     records = ResultStore(results_dir).records()
-    Path(leaderboard).write_text(render(records), encoding="utf-8")
-    return records
+    written = write_reports(records, Path(results_dir), Path(leaderboard), Path(reports_dir))
+    return records, len(written)
 
 
 def command_list(args) -> int:
@@ -125,10 +144,20 @@ def command_list(args) -> int:
 
 
 def command_report(args) -> int:
-    from bench.console import console
+    from bench.console import console, report_table
+    from bench.report.paper import build_paper_table
 
-    records = _write_leaderboard(args.results_dir, args.leaderboard)
-    console.print(f"Wrote {args.leaderboard} from {len(records)} records in {args.results_dir}.")
+    records, written = _write_reports(args.results_dir, args.leaderboard, args.reports_dir)
+    if args.paper:
+        table, width = report_table(build_paper_table(records))
+        # Rich clamps a print to the console width; widen it so no cell is cut.
+        previous = console.width
+        console.width = max(previous, width)
+        try:
+            console.print(table)
+        finally:
+            console.width = previous
+    console.print(f"Wrote {args.leaderboard} and {written - 1} files under {args.reports_dir}/ from {len(records)} records in {args.results_dir}.")
     return 0
 
 
@@ -205,9 +234,40 @@ def command_run(args) -> int:
 
     plan = _plan(args, args.model, args.methods, args.metrics)
     keys = set(Runner(plan).run())
-    records = _write_leaderboard(args.results_dir, args.leaderboard)
+    records, _written = _write_reports(args.results_dir, args.leaderboard, args.reports_dir)
     console.print(results_table([record for record in records if record["key"] in keys]))
-    console.print(f"Records in {args.results_dir}/records.jsonl; leaderboard written to {args.leaderboard}.")
+    console.print(f"Records in {args.results_dir}/records.jsonl; {args.leaderboard} and {args.reports_dir}/ regenerated.")
+    return 0
+
+
+def command_check(args) -> int:
+    import methods
+    from bench.check import compare, read_baseline, run_ci_profile, select_methods, write_baseline
+    from bench.console import check_table, console
+    from methods.base import ConfigError
+
+    selected = [methods.resolve(name).name for name in args.methods] if args.methods else None
+    if selected and args.update_baseline:
+        raise ConfigError("--update-baseline rewrites the baseline of every method; leave out --methods.")
+    baseline_path = Path(args.baseline)
+    baseline = None if args.update_baseline else read_baseline(baseline_path)
+    scratch = Path(args.scratch_dir) if args.scratch_dir else None
+    run = run_ci_profile(args.model, args.data_dir, scratch, selected)
+    if selected:
+        baseline["metrics"] = select_methods(baseline["metrics"], selected)
+    if args.update_baseline:
+        write_baseline(baseline_path, run)
+        console.print(f"Wrote {len(run.metrics)} metrics of the ci profile to {baseline_path} ({run.wall_time_s:.0f} s).")
+        return 0
+    differences = compare(baseline["metrics"], run.metrics)
+    console.print(check_table(differences))
+    failed = [difference for difference in differences if difference.failed]
+    if failed:
+        names = ", ".join(f"{difference.metric} ({difference.status})" for difference in failed)
+        console.print(f"[bold red]bench check failed[/] on {len(failed)} of {len(differences)} metrics: {names}.")
+        console.print(f"If the change is intended, rewrite the baseline with `bench check --update-baseline` and commit {baseline_path}.")
+        return 1
+    console.print(f"bench check passed: {len(differences)} metrics within tolerance of {baseline_path} ({run.wall_time_s:.0f} s).")
     return 0
 
 
@@ -216,6 +276,7 @@ COMMANDS = {
     "quantize": command_quantize,
     "eval": command_eval,
     "report": command_report,
+    "check": command_check,
     "list": command_list,
 }
 
@@ -228,18 +289,19 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging(args.verbose)
     from bench.artifacts import ArtifactError
+    from bench.check import BaselineError
     from bench.data import DataNotFoundError
-    from bench.memory import MemoryProbeError
-    from methods.freezing import FreezeError
     from bench.distill import TrainingDivergedError
+    from bench.memory import MemoryProbeError
     from bench.models import ModelLoadError
     from bench.results import ResultsStoreError
     from bench.zeroshot.local_data import MalformedDataError
     from methods.base import ConfigError
+    from methods.freezing import FreezeError
 
     user_errors = (
-        ArtifactError, ConfigError, DataNotFoundError, FreezeError, MalformedDataError, MemoryProbeError,
-        ModelLoadError, ResultsStoreError, TrainingDivergedError,
+        ArtifactError, BaselineError, ConfigError, DataNotFoundError, FreezeError, MalformedDataError,
+        MemoryProbeError, ModelLoadError, ResultsStoreError, TrainingDivergedError,
     )
     try:
         return COMMANDS[args.command](args)

@@ -55,3 +55,47 @@ def results_table(records: list[dict]) -> Table:
                 "" if bits is None or bits != bits else f"{bits:.3f}",
             )
     return table
+
+
+def _format_number(value: float | None) -> str:
+    if value is None:
+        return ""
+    if value != value:
+        return "nan"
+    return f"{value:.6g}"
+
+
+CHECK_STYLES = {"ok": "green", "regression": "bold red", "improved": "bold yellow", "missing": "bold red", "new": "cyan"}
+
+
+def check_table(differences) -> Table:
+    """Build the rich table of `bench check`: each metric, its baseline, current value and tolerance."""
+    table = Table(title="bench check: ci profile against the baseline")
+    for column in ("Metric", "Baseline", "Current", "Difference", "Tolerance", "Status"):
+        table.add_column(column, justify="left" if column in ("Metric", "Status") else "right")
+    for difference in differences:
+        style = CHECK_STYLES.get(difference.status, "")
+        table.add_row(
+            difference.metric,
+            _format_number(difference.baseline),
+            _format_number(difference.current),
+            _format_number(difference.delta),
+            _format_number(difference.tolerance),
+            f"[{style}]{difference.status}[/]" if style else difference.status,
+        )
+    return table
+
+
+def report_table(table) -> tuple[Table, int]:
+    """Build a rich table from a `bench.report.table.Table`, with its notes as the caption.
+
+    Returns the table and the console width it needs to print every cell on one line.
+    """
+    rich_table = Table(title=table.title, caption="\n".join(table.notes), caption_justify="left")
+    widths = []
+    for index, label in enumerate(table.columns):
+        widths.append(max([len(label), *(len(row[index].text) for row in table.rows)]))
+        rich_table.add_column(label, justify="left" if index < 3 else "right", no_wrap=True, min_width=widths[-1])
+    for row in table.rows:
+        rich_table.add_row(*(cell.text for cell in row))
+    return rich_table, sum(widths) + 3 * len(widths) + 1

@@ -8,10 +8,12 @@ latest record wins. The output depends only on the records, so it is reproducibl
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import methods
+from bench.report.table import EMPTY, Cell, Table, to_markdown
 from methods.registry import METHODS
 
 PPL_LABELS = {"wikitext2": "Wiki2", "c4": "C4"}
@@ -89,18 +91,32 @@ def group_rows(records: list[dict]) -> dict[tuple, dict[str, Row]]:
 
 
 def _zeroshot_columns(rows: list[Row]) -> list[str]:
-    tasks = {column.split("/")[1] for row in rows for column in row.cells if column.startswith("zeroshot/")}
+    tasks = {column.split("/")[1] for row in rows for column in row.cells if column.startswith("zeroshot/") and column.endswith("/acc")}
     return [task for task in TASK_LABELS if task in tasks]
 
 
-def _accuracy_cell(row: Row, task: str) -> tuple[str, float | None]:
+def _accuracy_cell(row: Row, task: str) -> Cell:
     record = row.cells.get(f"zeroshot/{task}/acc")
     if record is None:
-        return "", None
-    text = f"{100 * record['value']:.1f}"
-    if record.get("stderr") is not None:
-        text += f" ± {100 * record['stderr']:.1f}"
-    return text, record["value"]
+        return EMPTY
+    value = 100 * record["value"]
+    stderr = None if record.get("stderr") is None else 100 * record["stderr"]
+    text = f"{value:.1f}" + (f" ± {stderr:.1f}" if stderr is not None else "")
+    return Cell(text, value, stderr)
+
+
+def average_cell(cells: list[Cell]) -> Cell:
+    """Return the unweighted mean of accuracy cells (in %), with the standard error of that mean, or an empty cell.
+
+    The standard error treats the tasks as independent: sqrt(sum of squared errors) / count.
+    """
+    if not cells or any(cell.value is None for cell in cells):
+        return EMPTY
+    mean = sum(cell.value for cell in cells) / len(cells)
+    if all(cell.stderr is not None for cell in cells):
+        stderr = math.sqrt(sum(cell.stderr**2 for cell in cells)) / len(cells)
+        return Cell(f"{mean:.1f} ± {stderr:.1f}", mean, stderr)
+    return Cell(f"{mean:.1f}", mean)
 
 
 def _first(row: Row, key: str):
@@ -112,35 +128,68 @@ def _first(row: Row, key: str):
     return None
 
 
-def render_table(rows: list[Row]) -> list[str]:
+def _number_cell(value, text_format: str, scale: float = 1.0) -> Cell:
+    if value is None or value != value:
+        return EMPTY
+    return Cell(format(value * scale, text_format), value * scale)
+
+
+def _ppl_cell(record: dict | None) -> Cell:
+    return EMPTY if record is None else Cell(format_ppl(record["value"]), record["value"])
+
+
+# Optional columns from records that only some runs produce: (column label, metric name, scale, format).
+MEASURED_COLUMNS = (
+    ("Peak eval memory (MB)", "memory/peak_eval", 1e-6, ".1f"),
+    ("Prefill (ms)", "latency/prefill", 1.0, ".1f"),
+    ("Decode (ms/token)", "latency/decode", 1.0, ".2f"),
+)
+
+
+def build_table(title: str, rows: list[Row]) -> Table:
+    """Build the leaderboard table of one (model, profile): a row per method configuration."""
     ppl = [name for name in PPL_LABELS if any(f"ppl/{name}" in row.cells for row in rows)]
     ppl_init = [name for name in ppl if any(f"ppl/{name}@init" in row.cells for row in rows)]
     tasks = _zeroshot_columns(rows)
-    header = ["Method"]
-    header += [f"{PPL_LABELS[name]} PPL" for name in ppl]
-    header += [f"{PPL_LABELS[name]} PPL at init" for name in ppl_init]
-    header += [TASK_LABELS[task] for task in tasks] + (["Avg"] if tasks else [])
-    header += ["Bits/weight (linears)", "Bits/weight (model)", "Size (MB, formula)", "Train tokens", "Train time"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    measured_size = any(_first(row, "storage_measured") for row in rows)
+    measured = [column for column in MEASURED_COLUMNS if any(column[1] in row.cells for row in rows)]
+    columns = ["Method"]
+    columns += [f"{PPL_LABELS[name]} PPL" for name in ppl]
+    columns += [f"{PPL_LABELS[name]} PPL at init" for name in ppl_init]
+    columns += [TASK_LABELS[task] for task in tasks] + (["Avg"] if tasks else [])
+    columns += ["Bits/weight (linears)", "Bits/weight (model)", "Size (MB, formula)"]
+    columns += ["Size (MB, artifact)"] if measured_size else []
+    columns += [label for label, *_ in measured]
+    columns += ["Train tokens", "Train time"]
+    table = Table(title, columns)
     for row in rows:
-        cells = [row.label]
-        cells += [format_ppl(row.cells[f"ppl/{n}"]["value"]) if f"ppl/{n}" in row.cells else "" for n in ppl]
-        cells += [format_ppl(row.cells[f"ppl/{n}@init"]["value"]) if f"ppl/{n}@init" in row.cells else "" for n in ppl_init]
+        cells = [Cell(row.label, row.label)]
+        cells += [_ppl_cell(row.cells.get(f"ppl/{name}")) for name in ppl]
+        cells += [_ppl_cell(row.cells.get(f"ppl/{name}@init")) for name in ppl_init]
         accuracies = [_accuracy_cell(row, task) for task in tasks]
-        cells += [text for text, _ in accuracies]
+        cells += accuracies
         if tasks:
-            values = [value for _, value in accuracies if value is not None]
-            cells.append(f"{100 * sum(values) / len(values):.1f}" if len(values) == len(tasks) else "")
+            cells.append(average_cell(accuracies))
         storage = _first(row, "storage") or {}
-        linear_bits = storage.get("bits_per_weight_linear")
-        cells.append("" if linear_bits is None or linear_bits != linear_bits else f"{linear_bits:.3f}")
-        cells.append(f"{storage['bits_per_weight_model']:.3f}" if "bits_per_weight_model" in storage else "")
-        cells.append(f"{storage['total_bytes'] / 1e6:.1f}" if "total_bytes" in storage else "")
+        cells.append(_number_cell(storage.get("bits_per_weight_linear"), ".3f"))
+        cells.append(_number_cell(storage.get("bits_per_weight_model"), ".3f"))
+        cells.append(_number_cell(storage.get("total_bytes"), ".1f", 1e-6))
+        if measured_size:
+            cells.append(_number_cell((_first(row, "storage_measured") or {}).get("total_bytes"), ".1f", 1e-6))
+        for _label, metric, scale, text_format in measured:
+            record = row.cells.get(metric)
+            cells.append(_number_cell(record["value"] if record else None, text_format, scale))
         training = _first(row, "training") or {}
-        cells.append(f"{training['tokens']:,}" if "tokens" in training else "")
-        cells.append(format_duration(training.get("wall_time_s")))
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+        cells.append(Cell(f"{training['tokens']:,}", training["tokens"]) if "tokens" in training else EMPTY)
+        seconds = training.get("wall_time_s")
+        cells.append(Cell(format_duration(seconds), seconds) if seconds is not None else EMPTY)
+        table.add_row(cells)
+    return table
+
+
+def render_table(rows: list[Row]) -> list[str]:
+    """Return the Markdown lines of the table of `rows`, without notes."""
+    return to_markdown(build_table("", rows))
 
 
 def _protocol_notes(rows: list[Row]) -> list[str]:
@@ -160,22 +209,32 @@ def _protocol_notes(rows: list[Row]) -> list[str]:
                     f"Zero-shot: lm-eval {protocol.get('lm_eval_version')}, {protocol.get('num_fewshot', 0)}-shot, "
                     f"acc ± standard error in %, "
                     + (f"a seeded subset of {protocol['limit']} examples per task (seed {protocol.get('seed')})." if protocol.get("limit") else "every example of each task.")
+                    + " Avg is the unweighted mean over the tasks, its error sqrt(sum of squared errors) / task count."
                 )
+            elif column == "latency/prefill":
+                text = "Prefill latency (ms for the prompt): " + ", ".join(f"{key} {value}" for key, value in sorted(protocol.items())) + "."
+            elif column == "latency/decode":
+                text = "Decode latency (ms per token): " + ", ".join(f"{key} {value}" for key, value in sorted(protocol.items())) + "."
+            elif column == "memory/peak_eval":
+                text = "Peak eval memory: " + ", ".join(f"{key} {value}" for key, value in sorted(protocol.items())) + "."
             else:
                 continue
             if text not in seen:
                 seen.add(text)
-                notes.append(f"- {text}")
+                notes.append(text)
+    if any(_first(row, "storage_measured") for row in rows):
+        notes.append("Size (MB, artifact) is the byte count of the packed artifact written to disk.")
     for row in rows:
-        for task in _zeroshot_columns([row]):
-            acc = row.cells.get(f"zeroshot/{task}/acc")
-            norm = row.cells.get(f"zeroshot/{task}/acc_norm")
-            if acc is None:
-                continue
-            text = f"{row.label}, {TASK_LABELS[task]}: acc {100 * acc['value']:.1f}"
-            if norm is not None:
-                text += f", acc_norm {100 * norm['value']:.1f}"
-            notes.append(f"- {text}, {acc.get('n_samples')} examples.")
+        tasks = _zeroshot_columns([row])
+        if not tasks:
+            continue
+        counts = sorted({row.cells[f"zeroshot/{task}/acc"].get("n_samples") for task in tasks}, key=str)
+        text = f"{row.label}: {', '.join(str(count) for count in counts)} examples per task"
+        normalized = [
+            f"{TASK_LABELS[task]} {100 * row.cells[f'zeroshot/{task}/acc_norm']['value']:.1f}"
+            for task in tasks if f"zeroshot/{task}/acc_norm" in row.cells
+        ]
+        notes.append(text + (f"; acc_norm {', '.join(normalized)}." if normalized else "."))
     trained = [row for row in rows if _first(row, "training")]
     for row in trained:
         training = _first(row, "training")
@@ -187,8 +246,31 @@ def _protocol_notes(rows: list[Row]) -> list[str]:
         )
         if text not in seen:
             seen.add(text)
-            notes.append(f"- {text}")
+            notes.append(text)
     return notes
+
+
+def sorted_rows(table: dict[str, Row]) -> list[Row]:
+    return sorted(table.values(), key=lambda row: (_method_order(row.method), row.label))
+
+
+def leaderboard_tables(records: list[dict]) -> list[tuple[tuple, Table]]:
+    """Return ((model name, revision, profile), table with its notes) for every group of `records`, sorted."""
+    tables = []
+    for (model_name, revision, profile), group in sorted(group_rows(records).items()):
+        rows = sorted_rows(group)
+        sample = next(iter(rows[0].cells.values()))
+        model = sample["model"]
+        table = build_table(f"{model_name}, profile `{profile}`", rows)
+        table.notes = [
+            f"Model: {model_name} ({model.get('revision')}), {model.get('origin')}; run in {model.get('dtype')}. "
+            "`fp` is the unquantized reference in that dtype.",
+            "Size and bits per weight come from each method's storage formula, side data at 16 bits; "
+            "\"model\" counts kept layers (embeddings, norms) at 16 bits, and the reference at its run dtype.",
+            *_protocol_notes(rows),
+        ]
+        tables.append(((model_name, revision, profile), table))
+    return tables
 
 
 def render(records: list[dict]) -> str:
@@ -198,22 +280,11 @@ def render(records: list[dict]) -> str:
         "",
         "Generated from `results/records.jsonl` by `bench report` (and at the end of `bench run`); do not edit by hand.",
         "Every number comes from a stored record with its full protocol and the command that produced it.",
+        "CSV and LaTeX versions of each table, plots and the BinaryMoS paper comparison are under `reports/`.",
         "",
     ]
-    tables = group_rows(records)
-    for (model_name, revision, profile), table in sorted(tables.items()):
-        rows = sorted(table.values(), key=lambda row: (_method_order(row.method), row.label))
-        sample = next(iter(next(iter(rows)).cells.values()))
-        model = sample["model"]
-        lines += [f"## {model_name}, profile `{profile}`", ""]
-        lines += render_table(rows)
-        lines += [
-            "",
-            f"- Model: {model_name} ({model.get('revision')}), {model.get('origin')}; run in {model.get('dtype')}. "
-            "`fp` is the unquantized reference in that dtype.",
-            "- Size and bits per weight come from each method's storage formula, side data at 16 bits; "
-            "\"model\" counts kept layers (embeddings, norms) at 16 bits, and the reference at its run dtype.",
-        ]
-        lines += _protocol_notes(rows)
+    for _key, table in leaderboard_tables(records):
+        lines += [f"## {table.title}", ""]
+        lines += to_markdown(table)
         lines.append("")
     return "\n".join(lines)

@@ -79,6 +79,23 @@ PROFILES: dict[str, Profile] = {
         calibration_seqlen=512,
         zeroshot_limit=200,
     ),
+    # The CI regression check (`bench check`): every method on a few short windows and a small
+    # fixed sample of each zero-shot task, so that a run takes minutes on 2 CPU cores. The
+    # numbers only guard against changes in behaviour; they say nothing about quality.
+    "ci": Profile(
+        name="ci",
+        ppl_seqlen=256,
+        ppl_windows=2,
+        train_steps=6,
+        train_seqlen=256,
+        train_batch_size=1,
+        learning_rate=1e-3,
+        warmup_ratio=0.0,
+        save_steps=1000,
+        calibration_windows=4,
+        calibration_seqlen=256,
+        zeroshot_limit=20,
+    ),
     "full": Profile(
         name="full",
         ppl_seqlen=2048,

@@ -66,6 +66,7 @@ class RunPlan:
     results_dir: Path = Path("results")
     dtype: str | None = None
     command: str | None = None
+    runs_dir: Path | None = None  # training checkpoints, students and artifacts; None: the cache's runs/
 
 
 @dataclass
@@ -186,7 +187,7 @@ class Runner:
             sources = _zeroshot_module().task_sources(protocol, self.plan.data_dir)
             keys = {}
             for task in protocol.tasks:
-                for metric in ("acc", "acc_norm"):
+                for metric in ("acc", "acc_norm", "gold_loglik"):
                     keys[f"{task}/{metric}"] = record_key(
                         {**base, "metric": "zeroshot", "protocol": asdict(protocol), "task": task, "name": metric,
                          "source": sources[task]}
@@ -244,7 +245,7 @@ class Runner:
         return {**details, "wall_time_s": round(time.perf_counter() - started, 2)}
 
     def _distill(self, quantizer, student, settings, blocks, data_description, training_key) -> dict:
-        run_dir = runs_dir() / training_key
+        run_dir = (self.plan.runs_dir or runs_dir()) / training_key
         artifact = run_dir / "student.safetensors"
         outcome_path = run_dir / "outcome.json"
         log_path = self.plan.results_dir / "losses" / f"{training_key}.jsonl"
@@ -314,11 +315,14 @@ class Runner:
             )
 
     def _artifact_dir(self, base: dict) -> Path:
-        return runs_dir() / record_key(base) / "artifact"
+        return (self.plan.runs_dir or runs_dir()) / record_key(base) / "artifact"
 
     def _build_quantized(self, quantizer: Quantizer, context: dict):
         """Return a quantized copy of the reference (calibrated when the method needs it)."""
         model = copy.deepcopy(self.reference.model)
+        # Modules a method adds may draw their initial values from the global generator
+        # (BinaryMoS's router does), so seed it for the same model in every process.
+        torch.manual_seed(self.plan.profile.seed)
         if quantizer.calibrates:
             context["calibration"] = self._calibrate(quantizer, model)
         else:

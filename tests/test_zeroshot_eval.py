@@ -66,8 +66,12 @@ def test_in_process_equals_cli(default_model, data_dir, tmp_path):
     samples = {name: select_examples(n_totals[name], LIMIT, protocol.seed) for name in n_totals}
     cli = _run_lm_eval_cli(default_model.info.source, data_dir, samples, tmp_path / "lm_eval_output")
 
-    assert len(records) == sum(len(TASKS[name].metrics) for name in protocol.tasks)
-    for record in records:
+    gold = [record for record in records if record["metric"] == "gold_loglik"]
+    accuracies = [record for record in records if record["metric"] != "gold_loglik"]
+    assert [record["task"] for record in gold] == list(protocol.tasks)
+    assert all(record["value"] < 0 and record["n_samples"] == LIMIT for record in gold)
+    assert len(accuracies) == sum(len(TASKS[name].metrics) for name in protocol.tasks)
+    for record in accuracies:
         name = record["lm_eval_task"]
         metric = record["metric"]
         assert record["n_samples"] == LIMIT == cli["n-samples"][name]["effective"]
@@ -93,7 +97,8 @@ def test_quantized_model_evaluates_in_place(default_model, data_dir):
     with torch.no_grad():
         records = evaluate_zeroshot(model, default_model.tokenizer, protocol, data_dir)
 
-    assert [record["metric"] for record in records] == ["acc", "acc_norm"]
-    assert all(0.0 <= record["value"] <= 1.0 and record["n_samples"] == 4 for record in records)
+    assert [record["metric"] for record in records] == ["acc", "acc_norm", "gold_loglik"]
+    assert all(0.0 <= record["value"] <= 1.0 and record["n_samples"] == 4 for record in records[:2])
+    assert records[2]["value"] < 0 and records[2]["n_samples"] == 4
     assert _parameter_checksums(model) == checksums
     assert {name: parameter.data_ptr() for name, parameter in model.named_parameters()} == pointers

@@ -208,7 +208,37 @@ def _records(protocol, results: dict, tasks: dict, lm_names: dict, sources: dict
             if sources[name].startswith("local:") and TASKS[name].local_notes:
                 record["prompt_notes"] = TASKS[name].local_notes
             records.append(record)
+        records.append(_gold_loglik_record(name, tasks[lm_name], results["samples"][lm_name], records[-1]))
     return records
+
+
+def _gold_index(task, doc) -> int:
+    """Return the index of the correct choice, found the way lm-eval's multiple-choice scoring finds it."""
+    gold = task.doc_to_text(doc) if task.multiple_input else task.doc_to_target(doc)
+    if isinstance(gold, str):
+        gold = task.doc_to_choice(doc).index(gold)
+    return int(gold)
+
+
+def _gold_loglik_record(name: str, task, samples: list[dict], accuracy_record: dict) -> dict:
+    """Summarize the log-likelihood of each example's correct choice: mean and standard error over examples.
+
+    It moves with small changes to a model even where a small sample leaves the accuracy unchanged.
+    """
+    values = []
+    for sample in samples:
+        loglikelihoods = [float(response[0]) for response in sample["filtered_resps"]]
+        values.append(loglikelihoods[_gold_index(task, sample["doc"])])
+    array = np.asarray(values, dtype=np.float64)
+    stderr = float(array.std(ddof=1) / np.sqrt(array.size)) if array.size > 1 else None
+    return {
+        **accuracy_record,
+        "metric": "gold_loglik",
+        "value": float(array.mean()),
+        "stderr": stderr,
+        "n_samples": int(array.size),
+        "unit": "nats, summed over the tokens of the correct continuation",
+    }
 
 
 def _prepare_tasks(protocol: ZeroShotProtocol, directory: Path | None):
@@ -239,7 +269,7 @@ def _run_lm_eval(model, tokenizer, protocol: ZeroShotProtocol, manager, tasks: l
             num_fewshot=None,  # 0 is the default for these tasks; passing it only logs a warning
             samples=samples or None,
             task_manager=manager,
-            log_samples=False,
+            log_samples=True,  # the per-example log-likelihoods give the gold log-likelihood
         )
     finally:
         model.train(was_training)
@@ -249,7 +279,8 @@ def _run_lm_eval(model, tokenizer, protocol: ZeroShotProtocol, manager, tasks: l
 def evaluate_zeroshot(model, tokenizer, protocol: ZeroShotProtocol, data_dir=None) -> list[dict]:
     """Measure zero-shot accuracy of the in-memory model; return one record per (task, metric).
 
-    Each record contains task, metric ("acc" or "acc_norm"), value (0..1), stderr, n_samples,
+    Each record contains task, metric ("acc" or "acc_norm", value 0..1; or "gold_loglik", the mean
+    log-likelihood of the correct choice in nats), stderr, n_samples,
     n_total, lm_eval_version, limit, task_source, and the lm-eval settings used. The model's
     train/eval mode and the global random states are restored afterwards.
     """
