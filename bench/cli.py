@@ -81,6 +81,7 @@ def _add_eval_parser(subparsers) -> None:
     _add_settings(parser)
     parser.add_argument("--results-dir", default="results", metavar="DIR", help="where result records are stored (default: results)")
     parser.add_argument("--leaderboard", default="leaderboard.md", metavar="FILE", help="leaderboard file to regenerate (default: leaderboard.md)")
+    parser.add_argument("--reports-dir", default="reports", metavar="DIR", help="directory of tables and plots to regenerate (default: reports)")
 
 
 def _add_report_parser(subparsers) -> None:
@@ -222,9 +223,9 @@ def command_eval(args) -> int:
         method = config["method"]
         plan = _plan(args, config["base_model"], [method["name"]], args.metrics, {method["name"]: method["config"]})
         keys = set(Runner(plan).evaluate_artifact(args.artifact))
-    records = _write_leaderboard(args.results_dir, args.leaderboard)
+    records, _written = _write_reports(args.results_dir, args.leaderboard, args.reports_dir)
     console.print(results_table([record for record in records if record["key"] in keys]))
-    console.print(f"Records in {args.results_dir}/records.jsonl; leaderboard written to {args.leaderboard}.")
+    console.print(f"Records in {args.results_dir}/records.jsonl; {args.leaderboard} and {args.reports_dir}/ regenerated.")
     return 0
 
 
