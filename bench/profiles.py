@@ -81,7 +81,7 @@ PROFILES: dict[str, Profile] = {
     ),
     # The CI regression check (`bench check`): every method on a few short windows and a small
     # fixed sample of each zero-shot task, so that a run takes minutes on 2 CPU cores. The
-    # numbers only guard against changes in behaviour; they say nothing about quality.
+    # numbers only guard against changes in behaviour; they do not measure quality.
     "ci": Profile(
         name="ci",
         ppl_seqlen=256,

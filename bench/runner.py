@@ -12,7 +12,6 @@ import copy
 import gc
 import json
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path

@@ -187,7 +187,7 @@ def is_official_binarymos(spec: str) -> bool:
     files contain the router and scale tensors. It also qualifies when it ships only pickle
     (`*.bin`) weights, so that loading fails with the conversion instructions instead of a
     plain Llama load that drops the scales. A hub id qualifies on its config.json
-    and, when the hub answers, on the tensor names in its safetensors headers. A hub id whose
+    and, when the hub is reachable, on the tensor names in its safetensors headers. A hub id whose
     config cannot be fetched is not recognised.
     """
     if _is_hub_id(spec):

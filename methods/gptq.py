@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.base import ConfigError, MethodConfig
+from methods.base import MethodConfig
 from methods.gptq_core import (
     act_order_permutation,
     column_ranges,

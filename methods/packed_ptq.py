@@ -150,7 +150,7 @@ class PackedPBLLMLinear(PackedLinear):
     of each salient weight, packed at ceil(log2(columns)) bits, plus int32 row pointers),
     whichever the layout's formula found smaller. `signs` runs row-major over the binarized
     weights, `salient_codes` row-major over the salient ones. `binary_statistics` (rows, groups, 2)
-    holds the mean and scale of the binarized weights, and `salient_scales` (rows, 2) the
+    contains the mean and scale of the binarized weights, and `salient_scales` (rows, 2) the
     scale and zero point of the salient quantizer.
 
     NOTE: float16 represents every integer zero point exactly only up to 2048, so salient codes

@@ -7,7 +7,7 @@ The last byte is padded with zero bits, so n elements of b bits take ceil(n * b 
 
 Worked example, signs. The weights (0.3, -1.2, 0.0, 2.0, -0.1, -0.5, 0.7, 0.9, -2.0) give the
 bits (1, 0, 1, 1, 0, 0, 1, 1, 0), with 1 for +1 (weight >= 0) and 0 for -1. Byte 0 contains
-elements 0..7 with element 0 in bit 0: 0b11001101 = 0xCD = 205. Byte 1 holds element 8 in
+elements 0..7 with element 0 in bit 0: 0b11001101 = 0xCD = 205. Byte 1 contains element 8 in
 bit 0 and seven padding zeros: 0x00.
 
 Worked example, 2-bit codes. The codes (1, 3, 0, 2, 3) form the stream 1,0 | 1,1 | 0,0 | 0,1 |
