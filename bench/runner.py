@@ -44,6 +44,7 @@ from bench.training_data import training_blocks
 from bench.training_plan import resolve_training
 from methods.base import ConfigError, Quantizer
 from methods.freezing import freeze
+from methods.packed import FORWARD_VERSION
 
 logger = logging.getLogger(__name__)
 
@@ -195,11 +196,10 @@ class Runner:
         if "latency" in self.plan.metrics:
             protocol = _latency_protocol(profile)
             # The device is part of the key, so a GPU figure never replaces a CPU one.
-            device = environment()["device"]
-            keys = {
-                part: record_key({**base, "metric": "latency", "protocol": asdict(protocol), "device": device, "name": part})
-                for part in LATENCY_PARTS
-            }
+            latency_base = {**base, "metric": "latency", "protocol": asdict(protocol), "device": environment()["device"]}
+            if quantizer.name != REFERENCE:
+                latency_base["forward_version"] = FORWARD_VERSION
+            keys = {part: record_key({**latency_base, "name": part}) for part in LATENCY_PARTS}
             jobs.append(MetricJob("latency", "final", protocol, keys))
         return jobs
 

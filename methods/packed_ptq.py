@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from methods.packed import STORAGE_DTYPE, PackedLinear, groups_of, register_kind
+from methods.packed import STORAGE_DTYPE, PackedLinear, groups_of, register_kind, select
 from methods.packing import pack_bits, pack_codes, packed_size, unpack_bits, unpack_codes, unpack_signs
 from methods.ptq_layouts import index_bits
 
@@ -54,12 +54,12 @@ class PackedGPTQLinear(PackedLinear):
         codes = unpack_codes(self.codes, self.out_features * self.in_features, self.bits)
         codes = codes.view(self.out_features, self.in_features).float()
         groups = self.column_groups()
-        scales = self.scales.float()[:, groups]
+        # In place where possible: every full-size temporary costs as much as the arithmetic.
         if self.symmetric:
-            zeros = torch.full_like(scales, 2 ** (self.bits - 1))
+            codes.sub_(2 ** (self.bits - 1))
         else:
-            zeros = self.zero_points.float()[:, groups]
-        return scales * (codes - zeros)
+            codes.sub_(self.zero_points.float().index_select(1, groups))
+        return codes.mul_(self.scales.float().index_select(1, groups))
 
 
 def pack_gptq(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, column_groups: torch.Tensor | None,
@@ -114,18 +114,28 @@ class PackedBiLLMLinear(PackedLinear):
         rows, columns = self.out_features, self.in_features
         signs = self.signs_matrix()
         salient = unpack_bits(self.salient_column_bitmap, columns)
+        salient_index = salient.nonzero().squeeze(1)
+        other_index = (~salient).nonzero().squeeze(1)
         blocks = torch.arange(columns, device=signs.device) // self.block_size
-        statistics = self.row_statistics.float()[:, blocks]  # (rows, columns, 8)
-        mean1, scale1, mean2, scale2, mean_low, scale_low, mean_high, scale_high = statistics.unbind(dim=-1)
+        statistics = self.row_statistics.float()  # (rows, blocks, 8)
 
-        residual = torch.zeros_like(signs)
-        residual[:, salient] = unpack_signs(self.salient_residual_signs, rows * self.salient_columns).view(rows, -1)
+        def statistic(position: int, column_blocks: torch.Tensor) -> torch.Tensor:
+            return statistics[:, :, position].index_select(1, column_blocks)
+
+        # Every column first as a non-salient one (low or high group), then the salient columns overwritten.
+        # A product with a sign is exact, so addcmul gives the same values as a multiply and an add.
         high = torch.zeros_like(signs, dtype=torch.bool)
-        high[:, ~salient] = unpack_bits(self.group_bitmap, rows * (columns - self.salient_columns)).view(rows, -1)
+        high.index_copy_(1, other_index, unpack_bits(self.group_bitmap, rows * other_index.numel()).view(rows, -1))
+        means = select(high, statistic(6, blocks), statistic(4, blocks))
+        scales = select(high, statistic(7, blocks), statistic(5, blocks))
+        values = means.addcmul_(scales, signs)
 
-        salient_values = (scale1 * signs + mean1) + (scale2 * residual + mean2)
-        other_values = torch.where(high, scale_high * signs + mean_high, scale_low * signs + mean_low)
-        return torch.where(salient.unsqueeze(0), salient_values, other_values)
+        salient_blocks = blocks[salient_index]
+        salient_signs = signs.index_select(1, salient_index)
+        residual = unpack_signs(self.salient_residual_signs, rows * salient_index.numel()).view(rows, -1)
+        salient_values = ((statistic(1, salient_blocks) * salient_signs + statistic(0, salient_blocks))
+                          + (statistic(3, salient_blocks) * residual + statistic(2, salient_blocks)))
+        return values.index_copy_(1, salient_index, salient_values)
 
 
 def pack_billm(signs: torch.Tensor, residual_signs: torch.Tensor, high: torch.Tensor, salient: torch.Tensor,
@@ -204,17 +214,30 @@ class PackedPBLLMLinear(PackedLinear):
         rows, columns = self.out_features, self.in_features
         device = self.signs.device
         binarized = self.binarized_mask()
-        signs = torch.ones(rows, columns, device=device)
-        signs[binarized] = unpack_signs(self.signs, rows * columns - self.salient_count)
-        codes = torch.zeros(rows, columns, device=device)
-        codes[~binarized] = unpack_codes(self.salient_codes, self.salient_count, self.salient_bits).float()
+        # Spread both compact streams over the matrix by gathering: before element i lie
+        # `binarized_so_far[i]` binarized weights (i included) and i + 1 - that many salient ones.
+        # Each position reads both streams; `select` below keeps the one its mask names.
+        binarized_so_far = binarized.reshape(-1).cumsum(0, dtype=torch.int32)
+        sign_index = (binarized_so_far - 1).clamp_(min=0)
+        code_index = torch.arange(rows * columns, dtype=torch.int32, device=device).sub_(binarized_so_far).clamp_(min=0)
+        signs = _gather(unpack_signs(self.signs, rows * columns - self.salient_count), sign_index).view(rows, columns)
+        codes = unpack_codes(self.salient_codes, self.salient_count, self.salient_bits).float()
+        codes = _gather(codes, code_index).view(rows, columns)
 
         groups = torch.arange(columns, device=device) // self.group_size
-        statistics = self.binary_statistics.float()[:, groups]  # (rows, columns, 2)
-        binary = statistics[..., 1] * signs + statistics[..., 0]
+        statistics = self.binary_statistics.float()  # (rows, groups, 2)
+        # A product with a sign is exact, so addcmul gives the same values as a multiply and an add.
+        binary = statistics[..., 0].index_select(1, groups).addcmul_(statistics[..., 1].index_select(1, groups), signs)
         scale, zero = self.salient_scales.float().unbind(dim=1)
-        salient = scale.unsqueeze(1) * (codes - zero.unsqueeze(1))
-        return torch.where(binarized, binary, salient)
+        salient = codes.sub_(zero.unsqueeze(1)).mul_(scale.unsqueeze(1))
+        return select(binarized, binary, salient)
+
+
+def _gather(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Return values[index], reading 0 from an empty `values` (a layer with no weights of that kind)."""
+    if values.numel() == 0:
+        values = values.new_zeros(1)
+    return values.index_select(0, index)
 
 
 def pack_pbllm(signs: torch.Tensor, codes: torch.Tensor, binarized: torch.Tensor, means: torch.Tensor,

@@ -69,3 +69,19 @@ def test_unpack_rejects_short_input():
 def test_unpack_rejects_wrong_dtype():
     with pytest.raises(TypeError, match="uint8"):
         unpack_bits(torch.zeros(2, dtype=torch.int32), 9)
+
+
+def test_select_matches_where_bit_for_bit():
+    from methods.packed import select
+
+    generator = torch.Generator().manual_seed(3)
+    mask = torch.rand(37, 11, generator=generator) > 0.5
+    where_true = torch.randn(37, 11, generator=generator)
+    where_false = torch.randn(37, 11, generator=generator)
+    where_true[0, :3] = torch.tensor([-0.0, float("inf"), float("nan")])
+    mask[0, :3] = True
+    expected = torch.where(mask, where_true, where_false)
+    chosen = select(mask, where_true, where_false)
+    assert torch.equal(chosen.view(torch.int32), expected.view(torch.int32))
+    torch.testing.assert_close(select(mask, where_true.double(), where_false.double()), expected.double(),
+                               rtol=0, atol=0, equal_nan=True)

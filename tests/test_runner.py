@@ -194,6 +194,22 @@ def test_latency_key_includes_device(workspace, tiny_model_dir, monkeypatch):
     assert {record["key"] for record in added}.isdisjoint(record["key"] for record in first)
 
 
+def test_forward_version_remeasures_latency(workspace, tiny_model_dir, monkeypatch):
+    (workspace / "tiny.toml").write_text(LATENCY_SETTINGS)
+    arguments = ["run", "--methods", "rtn", "--model", str(tiny_model_dir), "--config", "tiny.toml", "--metrics", "ppl,latency"]
+    assert main(arguments) == 0
+    first = records(workspace)
+
+    import bench.runner
+
+    monkeypatch.setattr(bench.runner, "FORWARD_VERSION", bench.runner.FORWARD_VERSION + 1)
+    assert main(arguments) == 0
+    added = records(workspace)[len(first) :]
+    assert sorted((record["method"]["name"], record["metric"]["name"]) for record in added) == [
+        ("rtn", "latency/decode"), ("rtn", "latency/prefill")
+    ]
+
+
 def test_bad_latency_setting_exits_with_message(workspace, tiny_model_dir, capsys):
     (workspace / "tiny.toml").write_text(TINY_SETTINGS + "latency_repeats = 0\n")
     arguments = ["run", "--methods", "rtn", "--model", str(tiny_model_dir), "--config", "tiny.toml", "--metrics", "latency"]
