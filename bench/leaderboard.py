@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import methods
 from bench.report.table import EMPTY, Cell, Table, to_markdown
+from bench.results import current_records
 from methods.registry import METHODS
 
 PPL_LABELS = {"wikitext2": "Wiki2", "c4": "C4"}
@@ -78,7 +79,7 @@ def _column(record: dict) -> str:
 def group_rows(records: list[dict]) -> dict[tuple, dict[str, Row]]:
     """Group records into tables keyed by (model name, model revision, profile) and rows by configuration."""
     tables: dict[tuple, dict[str, Row]] = defaultdict(dict)
-    for record in records:
+    for record in current_records(records):
         model = record["model"]
         table = tables[(model["name"], model["revision"], record.get("profile") or "")]
         training = record.get("training") or {}

@@ -57,6 +57,24 @@ class ResultRecord:
         return asdict(self)
 
 
+def current_records(records: list[dict]) -> list[dict]:
+    """Leave out the records a method's earlier implementation version made.
+
+    Versions are compared per model, revision, profile and method name: where a newer version
+    of a method has records, its older records drop out of the tables. They stay in the store,
+    and a setting no newer version was run on keeps its older records.
+    """
+    def group(record: dict) -> tuple:
+        model = record["model"]
+        return model.get("name"), model.get("revision"), record.get("profile"), record["method"]["name"]
+
+    newest: dict[tuple, int] = {}
+    for record in records:
+        version = record["method"].get("version", 1)
+        newest[group(record)] = max(newest.get(group(record), version), version)
+    return [record for record in records if record["method"].get("version", 1) == newest[group(record)]]
+
+
 class ResultStore:
     """Append-only JSONL store of result records."""
 

@@ -148,6 +148,8 @@ class Runner:
         self.quantizers = _validate_plan(plan)
         self.reference: LoadedModel | None = None
         self.covered: list[str] = []
+        # Method identities read from a stored artifact, which may come from an earlier method version.
+        self.stored_identities: dict[str, dict] = {}
 
     # -- identities -------------------------------------------------------------------------
 
@@ -156,7 +158,13 @@ class Runner:
         return {"name": info.name, "revision": info.revision, "dtype": info.dtype}
 
     def _method_identity(self, quantizer: Quantizer) -> dict:
-        return {"name": quantizer.name, "config": quantizer.config.to_dict()}
+        if quantizer.name in self.stored_identities:
+            return self.stored_identities[quantizer.name]
+        identity = {"name": quantizer.name, "config": quantizer.config.to_dict()}
+        # Version 1 is left out, so the keys of records made before versions existed stay valid.
+        if quantizer.version != 1:
+            identity["version"] = quantizer.version
+        return identity
 
     def _jobs(self, quantizer: Quantizer, base: dict) -> list[MetricJob]:
         profile = self.plan.profile
@@ -446,6 +454,7 @@ class Runner:
         name, location, revision, origin = resolve_model(self.plan.model)
         check_model_identity(config, {"name": name, "revision": None if revision == "hub" else revision}, directory)
         quantizer = self.quantizers[config["method"]["name"]]
+        self.stored_identities[quantizer.name] = config["method"]
         _check_data(self.plan, {})
         from transformers import AutoTokenizer
 

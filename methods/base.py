@@ -58,12 +58,16 @@ class Quantizer:
 
     `trains` marks quantization-aware methods that the runner distills after `quantize`;
     `calibrates` marks post-training methods that need calibration windows.
+    `version` counts changes of the implementation that change its results: raising it gives
+    the method new record keys and a new training directory, so nothing the earlier code made
+    is reused, and the tables leave out a method's records of earlier versions.
     """
 
     name: ClassVar[str]
     config_cls: ClassVar[type[MethodConfig]]
     trains: ClassVar[bool] = False
     calibrates: ClassVar[bool] = False
+    version: ClassVar[int] = 1
     training_defaults: ClassVar[TrainingDefaults | None] = None
 
     def __init__(self, config: MethodConfig):

@@ -141,6 +141,8 @@ class BinaryMoS(Quantizer):
     name = "binarymos"
     config_cls = BinaryMoSConfig
     trains = True
+    # Version 2: the router's initial weights are drawn from the seeded global generator.
+    version = 2
     # Official defaults: HF Trainer with AdamW, cosine schedule, 3 epochs of 2048-token blocks.
     training_defaults = TrainingDefaults(
         learning_rate=2e-5,

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+import methods
 from bench.artifacts import CONFIG_FILE, WEIGHTS_FILE
 from bench.cli import main
 from bench.results import ResultStore
@@ -50,6 +51,16 @@ def test_quantize_then_eval_records_artifact(workspace, tiny_model_dir, method):
     assert measured["artifact_bytes"] > measured["total_bytes"]
     assert record["artifact"]["path"] == str(target)
     assert len(record["artifact"]["sha256"]) == 64
+
+
+def test_eval_records_artifact_method_version(workspace, tiny_model_dir, monkeypatch):
+    target = workspace / "artifact"
+    assert main(["quantize", "--methods", "rtn", "--model", str(tiny_model_dir), "--config", "tiny.toml", "--save", str(target)]) == 0
+    monkeypatch.setattr(methods.load("rtn"), "version", 2)
+    assert main(["eval", str(target), "--config", "tiny.toml"]) == 0
+    (record,) = records(workspace)
+    assert record["method"] == json.loads((target / CONFIG_FILE).read_text())["method"]
+    assert "version" not in record["method"]
 
 
 def test_quantize_refuses_existing_directory(workspace, tiny_model_dir, capsys):

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from bench.results import ResultRecord, ResultsStoreError, ResultStore, record_key
+from bench.results import ResultRecord, ResultsStoreError, ResultStore, current_records, record_key
 
 
 def make_record(key: str, value: float = 1.0) -> ResultRecord:
@@ -41,3 +41,15 @@ def test_record_holds_environment_fields(tmp_path):
     store.append(make_record("a"))
     stored = json.loads(store.path.read_text())
     assert {"timestamp", "environment", "metric", "method", "model", "stage"} <= set(stored)
+
+
+def versioned(version: int | None, profile: str = "quick", method: str = "binarymos") -> dict:
+    identity = {"name": method, "config": {}}
+    if version is not None:
+        identity["version"] = version
+    return {"model": {"name": "m", "revision": "r"}, "method": identity, "profile": profile}
+
+
+def test_current_records_drop_older_versions():
+    old, new, other_profile, other_method = versioned(None), versioned(2), versioned(None, "full"), versioned(None, method="rtn")
+    assert current_records([old, new, other_profile, other_method]) == [new, other_profile, other_method]

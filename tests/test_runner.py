@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import bench.distill as distill_module
+import methods
 from bench.cli import main
 from bench.results import ResultStore
 
@@ -208,6 +209,20 @@ def test_forward_version_remeasures_latency(workspace, tiny_model_dir, monkeypat
     assert sorted((record["method"]["name"], record["metric"]["name"]) for record in added) == [
         ("rtn", "latency/decode"), ("rtn", "latency/prefill")
     ]
+
+
+def test_new_method_version_reruns_method(workspace, tiny_model_dir, monkeypatch):
+    assert run(workspace, tiny_model_dir, "rtn") == 0
+    first = records(workspace)
+
+    monkeypatch.setattr(methods.load("rtn"), "version", 2)
+    assert run(workspace, tiny_model_dir, "rtn") == 0
+    added = records(workspace)[len(first) :]
+    assert sorted(record["metric"]["name"] for record in added) == ["ppl/c4", "ppl/wikitext2"]
+    assert {record["method"]["name"] for record in added} == {"rtn"}
+    assert all(record["method"]["version"] == 2 for record in added)
+    leaderboard = (workspace / "leaderboard.md").read_text()
+    assert leaderboard.count("| rtn |") == 1
 
 
 def test_bad_latency_setting_exits_with_message(workspace, tiny_model_dir, capsys):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from bench.leaderboard import TASK_LABELS
 from bench.report.table import EMPTY, Cell, Table
+from bench.results import current_records
 
 PAPER_FILE = Path(__file__).with_name("binarymos_table3.json")
 PPL_COLUMNS = ("wikitext2", "c4")
@@ -85,7 +86,7 @@ def reproduced_numbers(records: list[dict]) -> dict[tuple[str, str], dict]:
     import methods
 
     chosen: dict[tuple[str, str], dict] = {}
-    for record in sorted(records, key=lambda record: record["timestamp"]):
+    for record in sorted(current_records(records), key=lambda record: record["timestamp"]):
         if record.get("stage") == "init":
             continue
         name = record["metric"]["name"]
