@@ -39,6 +39,11 @@ def _add_run_parser(subparsers) -> None:
     selection.add_argument("--methods", type=_split_list, required=True, metavar="A,B", help="comma-separated method names (see `bench list`)")
     selection.add_argument("--model", default="smollm2-135m", metavar="SPEC", help="model alias, Hugging Face id or local directory (default: smollm2-135m)")
     selection.add_argument("--metrics", type=_split_list, default=["ppl"], metavar="A,B", help="any of ppl, zeroshot, memory, latency (default: ppl)")
+    selection.add_argument(
+        "--remeasure", type=_split_list, default=[], metavar="A,B",
+        help="measure these metrics again for every method of the run, the reference included, even when stored "
+             "(e.g. latency on a quiet machine); the new records are added and win on the leaderboard",
+    )
     settings = parser.add_argument_group("settings")
     settings.add_argument("--profile", default=None, metavar="NAME", help="quick (default), full or paper")
     settings.add_argument("--config", metavar="FILE", help="TOML or YAML file with keys profile, settings and methods.<name>")
@@ -187,6 +192,7 @@ def _plan(args, model: str, method_names: list[str], metrics: list[str], method_
         results_dir=Path(getattr(args, "results_dir", "results")),
         dtype=getattr(args, "dtype", None),
         command=shlex.join(["bench", *args.argv]),
+        remeasure=getattr(args, "remeasure", []),
     )
 
 

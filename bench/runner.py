@@ -67,6 +67,7 @@ class RunPlan:
     dtype: str | None = None
     command: str | None = None
     runs_dir: Path | None = None  # training checkpoints, students and artifacts; None: the cache's runs/
+    remeasure: list[str] = field(default_factory=list)  # metrics measured again even when stored
 
 
 @dataclass
@@ -83,6 +84,12 @@ def _validate_plan(plan: RunPlan) -> dict[str, Quantizer]:
     unknown = [metric for metric in plan.metrics if metric not in METRICS]
     if unknown:
         raise ConfigError(f"Unknown metric(s) {', '.join(unknown)}. Available metrics: {', '.join(METRICS)}.")
+    not_run = [metric for metric in plan.remeasure if metric not in plan.metrics]
+    if not_run:
+        raise ConfigError(
+            f"--remeasure {','.join(not_run)} names metric(s) this run does not measure; add them to --metrics "
+            f"(now {','.join(plan.metrics)})."
+        )
     if "latency" in plan.metrics:
         _latency_protocol(plan.profile)
     names = [REFERENCE] + [methods.resolve(name).name for name in plan.methods]
@@ -212,6 +219,8 @@ class Runner:
         return jobs
 
     def _missing(self, job: MetricJob) -> bool:
+        if job.metric in self.plan.remeasure:
+            return True
         stored = {record["key"] for record in self.store.records()}
         if job.metric == "zeroshot":
             # acc_norm does not exist for every task, so the acc records decide.

@@ -225,6 +225,29 @@ def test_new_method_version_reruns_method(workspace, tiny_model_dir, monkeypatch
     assert leaderboard.count("| rtn |") == 1
 
 
+def test_remeasure_adds_latency_records(workspace, tiny_model_dir):
+    (workspace / "tiny.toml").write_text(LATENCY_SETTINGS)
+    arguments = ["run", "--methods", "rtn", "--model", str(tiny_model_dir), "--config", "tiny.toml", "--metrics", "ppl,latency"]
+    assert main(arguments) == 0
+    first = records(workspace)
+
+    assert main([*arguments, "--remeasure", "latency"]) == 0
+    stored = records(workspace)
+    assert stored[: len(first)] == first
+    added = stored[len(first) :]
+    assert sorted((record["method"]["name"], record["metric"]["name"]) for record in added) == [
+        ("fp", "latency/decode"), ("fp", "latency/prefill"), ("rtn", "latency/decode"), ("rtn", "latency/prefill")
+    ]
+
+
+def test_remeasure_unmeasured_metric_rejected(workspace, tiny_model_dir, capsys):
+    arguments = ["run", "--methods", "rtn", "--model", str(tiny_model_dir), "--config", "tiny.toml", "--remeasure", "latency"]
+    assert main(arguments) == 2
+    output = capsys.readouterr()
+    assert "add them to --metrics" in output.out + output.err
+    assert not (workspace / "results" / "records.jsonl").exists()
+
+
 def test_bad_latency_setting_exits_with_message(workspace, tiny_model_dir, capsys):
     (workspace / "tiny.toml").write_text(TINY_SETTINGS + "latency_repeats = 0\n")
     arguments = ["run", "--methods", "rtn", "--model", str(tiny_model_dir), "--config", "tiny.toml", "--metrics", "latency"]
