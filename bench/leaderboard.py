@@ -193,6 +193,9 @@ def render_table(rows: list[Row]) -> list[str]:
     return to_markdown(build_table("", rows))
 
 
+MEMORY_MEASUREMENTS = ("baseline_rss_bytes", "rss_after_load_bytes")
+
+
 def _protocol_notes(rows: list[Row]) -> list[str]:
     notes = []
     seen = set()
@@ -217,7 +220,9 @@ def _protocol_notes(rows: list[Row]) -> list[str]:
             elif column == "latency/decode":
                 text = "Decode latency (ms per token): " + ", ".join(f"{key} {value}" for key, value in sorted(protocol.items())) + "."
             elif column == "memory/peak_eval":
-                text = "Peak eval memory: " + ", ".join(f"{key} {value}" for key, value in sorted(protocol.items())) + "."
+                # The RSS before and after loading are measurements kept in the record, not settings.
+                settings = {key: value for key, value in protocol.items() if key not in MEMORY_MEASUREMENTS}
+                text = "Peak eval memory: " + ", ".join(f"{key} {value}" for key, value in sorted(settings.items())) + "."
             else:
                 continue
             if text not in seen:

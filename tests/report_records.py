@@ -71,7 +71,9 @@ def report_records(loss_log: str | None = None) -> list[dict]:
             records.append(record(method, f"zeroshot/{task}/acc", accuracy, protocol=zeroshot_protocol(), stderr=0.03, n_samples=200, **extra))
             records.append(record(method, f"zeroshot/{task}/gold_loglik", -5.0 - index, protocol=zeroshot_protocol(), stderr=0.2, n_samples=200, **extra))
         if method in ("fp", "binarymos"):
-            records.append(record(method, "memory/peak_eval", 2.4e9 - index * 1e8, protocol={"device": "cpu", "seqlen": 512}, **extra))
+            # The RSS fields are measurements that differ per method, as in stored records.
+            memory = {"device": "cpu", "seqlen": 512, "baseline_rss_bytes": 16e6 + index, "rss_after_load_bytes": 4.8e8 + index}
+            records.append(record(method, "memory/peak_eval", 2.4e9 - index * 1e8, protocol=memory, **extra))
             records.append(record(method, "latency/prefill", 120.0 + index, protocol={"prompt_tokens": 128, "repeats": 5}, **extra))
             records.append(record(method, "latency/decode", 15.5 + index, protocol={"new_tokens": 32, "repeats": 5}, **extra))
     return records

@@ -109,6 +109,8 @@ def test_table_notes_state_protocol_once():
     assert "200 examples" in zero_shot[0]
     assert sum(note.startswith("Perplexity, wikitext2") for note in table.notes) == 1
     assert any(note.startswith("Decode latency (ms per token)") for note in table.notes)
+    memory = [note for note in table.notes if note.startswith("Peak eval memory")]
+    assert memory == ["Peak eval memory: device cpu, seqlen 512."]
 
 
 def test_csv_splits_stderr_columns():
