@@ -81,7 +81,7 @@ class MetricJob:
 
 
 def _validate_plan(plan: RunPlan) -> dict[str, Quantizer]:
-    unknown = [metric for metric in plan.metrics if metric not in METRICS]
+    unknown = [metric for metric in [*plan.metrics, *plan.remeasure] if metric not in METRICS]
     if unknown:
         raise ConfigError(f"Unknown metric(s) {', '.join(unknown)}. Available metrics: {', '.join(METRICS)}.")
     not_run = [metric for metric in plan.remeasure if metric not in plan.metrics]
