@@ -32,11 +32,23 @@ def setup_logging(verbose: bool = False) -> None:
         pass
 
 
+def _measured(row, column: str, scale: float, text_format: str) -> str:
+    record = row.cells.get(column)
+    return "" if record is None else format(record["value"] * scale, text_format)
+
+
+# Shown only when some row of the table has them: (label, record column, scale, format).
+OPTIONAL_COLUMNS = (
+    ("Peak mem (MB)", "memory/peak_eval", 1e-6, ".1f"),
+    ("Prefill (ms)", "latency/prefill", 1.0, ".1f"),
+    ("Decode (ms/token)", "latency/decode", 1.0, ".2f"),
+)
+
+
 def results_table(records: list[dict]) -> Table:
-    """Build a rich table of perplexity and zero-shot average per method from `records`."""
-    table = Table(title="bitbench results")
-    for column in ("Model", "Profile", "Method", "Wiki2 PPL", "C4 PPL", "Wiki2 at init", "C4 at init", "Zero-shot avg", "Bits/w (linears)"):
-        table.add_column(column, justify="left" if column in ("Model", "Profile", "Method") else "right")
+    """Build a rich table per method: perplexity, zero-shot average, bits per weight, and memory
+    and latency where `records` hold them."""
+    cells = []
     for (model, _revision, profile), rows in sorted(group_rows(records).items()):
         for row in rows.values():
             def ppl(column):
@@ -47,13 +59,23 @@ def results_table(records: list[dict]) -> Table:
             average = f"{100 * sum(accuracies) / len(accuracies):.1f}" if accuracies else ""
             storage = next((record["storage"] for record in row.cells.values() if record.get("storage")), {})
             bits = storage.get("bits_per_weight_linear")
-            table.add_row(
+            cells.append([
                 model, profile, row.label,
                 *(ppl(f"ppl/{name}") for name in PPL_LABELS),
                 *(ppl(f"ppl/{name}@init") for name in PPL_LABELS),
                 average,
                 "" if bits is None or bits != bits else f"{bits:.3f}",
-            )
+                *(_measured(row, column, scale, text_format) for _label, column, scale, text_format in OPTIONAL_COLUMNS),
+            ])
+    labels = ["Model", "Profile", "Method", "Wiki2 PPL", "C4 PPL", "Wiki2 at init", "C4 at init", "Zero-shot avg", "Bits/w (linears)"]
+    labels += [label for label, *_rest in OPTIONAL_COLUMNS]
+    fixed = len(labels) - len(OPTIONAL_COLUMNS)
+    shown = [index for index in range(len(labels)) if index < fixed or any(row[index] for row in cells)]
+    table = Table(title="bitbench results")
+    for index in shown:
+        table.add_column(labels[index], justify="left" if index < 3 else "right")
+    for row in cells:
+        table.add_row(*(row[index] for index in shown))
     return table
 
 
