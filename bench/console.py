@@ -47,7 +47,7 @@ OPTIONAL_COLUMNS = (
 
 def results_table(records: list[dict]) -> Table:
     """Build a rich table per method: perplexity, zero-shot average, bits per weight, and memory
-    and latency where `records` hold them."""
+    and latency where `records` contain them."""
     cells = []
     for (model, _revision, profile), rows in sorted(group_rows(records).items()):
         for row in rows.values():
@@ -70,12 +70,12 @@ def results_table(records: list[dict]) -> Table:
     labels = ["Model", "Profile", "Method", "Wiki2 PPL", "C4 PPL", "Wiki2 at init", "C4 at init", "Zero-shot avg", "Bits/w (linears)"]
     labels += [label for label, *_rest in OPTIONAL_COLUMNS]
     fixed = len(labels) - len(OPTIONAL_COLUMNS)
-    shown = [index for index in range(len(labels)) if index < fixed or any(row[index] for row in cells)]
+    visible_columns = [index for index in range(len(labels)) if index < fixed or any(row[index] for row in cells)]
     table = Table(title="bitbench results")
-    for index in shown:
+    for index in visible_columns:
         table.add_column(labels[index], justify="left" if index < 3 else "right")
     for row in cells:
-        table.add_row(*(row[index] for index in shown))
+        table.add_row(*(row[index] for index in visible_columns))
     return table
 
 

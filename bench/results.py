@@ -58,7 +58,7 @@ class ResultRecord:
 
 
 def current_records(records: list[dict]) -> list[dict]:
-    """Leave out the records a method's earlier implementation version made.
+    """Return `records` without those made by an earlier implementation version of their method.
 
     Versions are compared per model, revision, profile and method name: where a newer version
     of a method has records, its older records drop out of the tables. They stay in the store,

@@ -42,18 +42,18 @@ def layers(generator: torch.Generator) -> dict:
     salient_columns = torch.zeros(COLUMNS, dtype=torch.bool)
     salient_columns[torch.randperm(COLUMNS, generator=generator)[:30]] = True
     binarized = torch.rand(ROWS, COLUMNS, generator=generator) > 0.1
-    def random(*shape):
+    def uniform(*shape):
         return torch.rand(*shape, generator=generator)
     return {
         "sign (rtn, binarymos, onebit)": PackedSignLinear.from_binarized_linear(linear),
         "gptq 2-bit, group 128": pack_gptq(torch.randint(0, 4, (ROWS, COLUMNS), generator=generator),
-                                           random(ROWS, groups), random(ROWS, groups), None, 2, GROUP, False),
+                                           uniform(ROWS, groups), uniform(ROWS, groups), None, 2, GROUP, False),
         "billm, 30 salient columns": pack_billm(signs, torch.sign(torch.randn(ROWS, COLUMNS, generator=generator)),
-                                                random(ROWS, COLUMNS) > 0.5, salient_columns,
-                                                random(ROWS, groups, 8), GROUP),
+                                                uniform(ROWS, COLUMNS) > 0.5, salient_columns,
+                                                uniform(ROWS, groups, 8), GROUP),
         "pbllm 10% salient, bitmap": pack_pbllm(signs, torch.randint(0, 256, (ROWS, COLUMNS), generator=generator),
-                                                binarized, random(ROWS, 1), random(ROWS, 1), random(ROWS),
-                                                random(ROWS) * 255, 8, COLUMNS, "bitmap"),
+                                                binarized, uniform(ROWS, 1), uniform(ROWS, 1), uniform(ROWS),
+                                                uniform(ROWS) * 255, 8, COLUMNS, "bitmap"),
     }
 
 

@@ -24,9 +24,8 @@ from methods.packing import pack_signs, packed_size, unpack_signs
 
 STORAGE_DTYPE = torch.float16
 
-# Version of the packed layers' forward code. It is part of every latency record's key, so a
-# faster (or slower) unpacking is measured again instead of reusing older timings. Version 1
-# unpacked with bit shifts, version 2 through byte lookup tables.
+# Version of the packed forward code, part of each latency record's key so that new unpacking is timed
+# again. Version 1 unpacked with bit shifts, version 2 through byte lookup tables.
 FORWARD_VERSION = 2
 
 

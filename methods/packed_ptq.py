@@ -54,7 +54,7 @@ class PackedGPTQLinear(PackedLinear):
         codes = unpack_codes(self.codes, self.out_features * self.in_features, self.bits)
         codes = codes.view(self.out_features, self.in_features).float()
         groups = self.column_groups()
-        # In place where possible: every full-size temporary costs as much as the arithmetic.
+        # Work in place, because each extra full-size temporary costs about as much time as the arithmetic.
         if self.symmetric:
             codes.sub_(2 ** (self.bits - 1))
         else:
@@ -122,7 +122,7 @@ class PackedBiLLMLinear(PackedLinear):
         def statistic(position: int, column_blocks: torch.Tensor) -> torch.Tensor:
             return statistics[:, :, position].index_select(1, column_blocks)
 
-        # Every column first as a non-salient one (low or high group), then the salient columns overwritten.
+        # Compute every column as a non-salient one (low or high group), then overwrite the salient columns.
         # A product with a sign is exact, so addcmul gives the same values as a multiply and an add.
         high = torch.zeros_like(signs, dtype=torch.bool)
         high.index_copy_(1, other_index, unpack_bits(self.group_bitmap, rows * other_index.numel()).view(rows, -1))
@@ -214,9 +214,8 @@ class PackedPBLLMLinear(PackedLinear):
         rows, columns = self.out_features, self.in_features
         device = self.signs.device
         binarized = self.binarized_mask()
-        # Spread both compact streams over the matrix by gathering: before element i lie
-        # `binarized_so_far[i]` binarized weights (i included) and i + 1 - that many salient ones.
-        # Each position reads both streams; `select` below keeps the one its mask names.
+        # Element i is preceded by binarized_so_far[i] binarized weights (i included) and i + 1 minus that
+        # many salient ones. Every position reads both compact streams, and `select` keeps the right one.
         binarized_so_far = binarized.reshape(-1).cumsum(0, dtype=torch.int32)
         sign_index = (binarized_so_far - 1).clamp_(min=0)
         code_index = torch.arange(rows * columns, dtype=torch.int32, device=device).sub_(binarized_so_far).clamp_(min=0)

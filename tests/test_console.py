@@ -1,4 +1,4 @@
-"""The CLI's results table shows memory and latency columns only where records hold them."""
+"""The CLI's results table shows memory and latency columns only where records contain them."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ def headers(table) -> list[str]:
 
 def column_cells(table, header: str) -> list[str]:
     (column,) = [column for column in table.columns if column.header == header]
-    return list(column._cells)
+    return list(column.cells)
 
 
 def test_latency_and_memory_columns_when_recorded():
